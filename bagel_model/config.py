@@ -1,0 +1,165 @@
+"""Configuration of a BAGEL checkpoint folder, with the overrides the official loader applies.
+
+The folder holds a plain Qwen2.5 ``llm_config.json`` and a SigLIP ``vit_config.json``; the official code forces
+the MoT decoder, QK-norm and untied embeddings on the LM, disables the ViT 2-D RoPE and builds one ViT layer
+fewer than the JSON says (so the penultimate layer feeds ``post_layernorm``). The autoencoder uses the FLUX
+defaults unless a test checkpoint carries ``ae_config.json``.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from .errors import BagelCheckpointError
+
+LLM_CONFIG = "llm_config.json"
+VIT_CONFIG = "vit_config.json"
+AE_CONFIG = "ae_config.json"
+WEIGHTS_FILE = "ema.safetensors"
+AE_FILE = "ae.safetensors"
+TOKENIZER_FILES = ("vocab.json", "merges.txt")
+
+
+@dataclass(frozen=True)
+class LLMConfig:
+    hidden_size: int = 3584
+    intermediate_size: int = 18944
+    num_hidden_layers: int = 28
+    num_attention_heads: int = 28
+    num_key_value_heads: int = 4
+    vocab_size: int = 152064
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 1_000_000.0
+    hidden_act: str = "silu"
+    max_position_embeddings: int = 32768
+    # Forced by the official loader whatever the JSON says (spec §1.2).
+    qk_norm: bool = True
+    tie_word_embeddings: bool = False
+    layer_module: str = "Qwen2MoTDecoderLayer"
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+
+@dataclass(frozen=True)
+class ViTConfig:
+    hidden_size: int = 1152
+    intermediate_size: int = 4304
+    num_hidden_layers: int = 26  # layers built and used: JSON value minus one
+    num_attention_heads: int = 16
+    image_size: int = 980
+    patch_size: int = 14
+    num_channels: int = 3
+    layer_norm_eps: float = 1e-6
+    hidden_act: str = "gelu_pytorch_tanh"
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+
+@dataclass(frozen=True)
+class AEConfig:
+    resolution: int = 256
+    in_channels: int = 3
+    downsample: int = 8
+    ch: int = 128
+    out_ch: int = 3
+    ch_mult: tuple = (1, 2, 4, 4)
+    num_res_blocks: int = 2
+    z_channels: int = 16
+    scale_factor: float = 0.3611
+    shift_factor: float = 0.1159
+
+
+@dataclass(frozen=True)
+class BagelConfig:
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    vit: ViTConfig = field(default_factory=ViTConfig)
+    ae: AEConfig = field(default_factory=AEConfig)
+    latent_patch_size: int = 2
+    max_latent_size: int = 64
+    vit_max_num_patch_per_side: int = 70
+    connector_act: str = "gelu_pytorch_tanh"
+    timestep_frequency_dim: int = 256
+
+    @property
+    def latent_channels(self) -> int:
+        return self.ae.z_channels
+
+    @property
+    def patch_latent_dim(self) -> int:
+        return self.latent_patch_size ** 2 * self.ae.z_channels
+
+    @property
+    def latent_downsample(self) -> int:
+        return self.ae.downsample * self.latent_patch_size
+
+    @property
+    def max_image_side(self) -> int:
+        """Largest generated side in pixels that the latent position table can address."""
+        return self.max_latent_size * self.latent_downsample
+
+    @classmethod
+    def from_folder(cls, folder: str | Path) -> "BagelConfig":
+        folder = Path(folder)
+        llm_json = _read_json(folder, LLM_CONFIG)
+        vit_json = _read_json(folder, VIT_CONFIG)
+        ae_json = _read_json(folder, AE_CONFIG) if (folder / AE_CONFIG).is_file() else {}
+        llm = _pick(LLMConfig, llm_json)
+        vit_fields = _pick(ViTConfig, vit_json)
+        vit = replace(vit_fields, num_hidden_layers=int(vit_json.get("num_hidden_layers", 27)) - 1)
+        ae = _pick(AEConfig, ae_json)
+        if isinstance(ae.ch_mult, list):
+            ae = replace(ae, ch_mult=tuple(ae.ch_mult))
+        config = cls(llm=llm, vit=vit, ae=ae)
+        return replace(config, **_table_sides_from_weights(folder, config))
+
+
+def _read_json(folder: Path, name: str) -> dict:
+    path = folder / name
+    if not path.is_file():
+        raise BagelCheckpointError(
+            f"{name} is missing in the model folder {folder}. A BAGEL folder needs llm_config.json, "
+            f"vit_config.json, ema.safetensors, ae.safetensors and the tokenizer files; download "
+            f"ByteDance-Seed/BAGEL-7B-MoT again or point to the right folder.")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BagelCheckpointError(f"{path} is not valid JSON ({exc}); re-download this file.") from exc
+
+
+def _pick(cls, values: dict):
+    """Builds a frozen config from the JSON keys the dataclass knows; the rest of a HF config is irrelevant."""
+    known = {f for f in cls.__dataclass_fields__}
+    forced = {"qk_norm", "tie_word_embeddings", "layer_module"}
+    return cls(**{k: v for k, v in values.items() if k in known and k not in forced})
+
+
+def _table_sides_from_weights(folder: Path, config: BagelConfig) -> dict:
+    """Reads the side of the two position tables from the checkpoint header.
+
+    The official inference passes ``max_latent_size=64`` and ``vit_max_num_patch_per_side=70``; small test
+    checkpoints use smaller tables, and the stored tables are the only place that records their size.
+    """
+    path = folder / WEIGHTS_FILE
+    if not path.is_file():
+        return {}
+    from .safetensors_header import read_header  # local import: config must stay cheap for meta builds
+
+    header = read_header(path)
+    sides = {}
+    for key, name in (("latent_pos_embed.pos_embed", "max_latent_size"),
+                      ("vit_pos_embed.pos_embed", "vit_max_num_patch_per_side")):
+        if key in header:
+            rows = header[key]["shape"][0]
+            side = math.isqrt(rows)
+            if side * side != rows:
+                raise BagelCheckpointError(
+                    f"{key} in {path} has {rows} rows, which is not a square grid; the file is not a BAGEL "
+                    f"checkpoint.")
+            sides[name] = side
+    return sides
