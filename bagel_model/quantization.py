@@ -1,0 +1,238 @@
+"""Weight precisions, the choice of which Linears are quantized, and the bitsandbytes NF4 / INT8 Linears.
+
+Precisions: ``bf16``, ``fp16``, ``fp32`` store every tensor in that dtype; ``nf4`` and ``int8`` store the Linears
+selected by the quantization policy with bitsandbytes (``Linear4bit`` NF4, ``Linear8bitLt`` LLM.int8 with
+outlier threshold 6.0) and every other tensor in bf16, the dtype of ``ema.safetensors`` (lossless, and half of
+the fp32 the official INT8 mode uses for them).
+
+Policy (see docs/quantization.md for the measurements behind it): the decoder Linears of both experts (98.6 %
+of the parameters that are Linear weights) and the SigLIP encoder Linears are quantized. ``lm_head``, the
+connector, the time embedder, ``vae2llm`` / ``llm2vae`` and the ViT patch Linear stay in full precision: they
+are small (lm_head aside, 31 M parameters in total) and sit where an error is not averaged away (the logits
+that pick each text token, the velocity the sampler integrates, the image features entering the LM).
+
+bitsandbytes is imported lazily: the full-precision paths never need it.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import re
+
+import torch
+from torch import nn
+
+from .errors import BagelInputError
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("bf16", "fp16", "fp32", "nf4", "int8")
+QUANTIZED_PRECISIONS = ("nf4", "int8")
+MIN_BITSANDBYTES = (0, 48, 0)  # first release whose NF4 and INT8 Linears both run on the CPU backend
+NF4_BLOCKSIZE = 64
+INT8_OUTLIER_THRESHOLD = 6.0
+
+_STORAGE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
+                   "nf4": torch.bfloat16, "int8": torch.bfloat16}
+
+# Module groups, by qualified module name inside ``Bagel`` (attribute names equal the checkpoint keys).
+_GROUP_PATTERNS = {
+    "decoder": r"language_model\.model\.layers\.\d+\.(self_attn\.[qkvo]_proj(_moe_gen)?"
+               r"|mlp(_moe_gen)?\.(gate|up|down)_proj)",
+    "vit": r"vit_model\.vision_model\.encoder\.layers\.\d+\.(self_attn\.(q|k|v|out)_proj|mlp\.fc[12])",
+    "vit_patch": r"vit_model\.vision_model\.embeddings\.patch_embedding",
+    "lm_head": r"language_model\.lm_head",
+    "connector": r"connector\.fc[12]",
+    "time_embedder": r"time_embedder\.mlp\.\d+",
+    "latent_io": r"vae2llm|llm2vae",
+}
+_GROUP_REGEX = {group: re.compile(pattern + r"$") for group, pattern in _GROUP_PATTERNS.items()}
+
+# "default" is ours; "all-linear" is what the official NF4/INT8 modes do (every nn.Linear of Bagel).
+POLICIES = {
+    "default": frozenset({"decoder", "vit"}),
+    "all-linear": frozenset(_GROUP_PATTERNS),
+}
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise BagelInputError(
+            f"Unknown precision {precision!r}; use one of {', '.join(PRECISIONS)} "
+            f"(nf4/int8 need the bitsandbytes package).")
+    return precision
+
+
+def storage_dtype(precision: str) -> torch.dtype:
+    """Dtype of every tensor that is not a quantized Linear weight."""
+    return _STORAGE_DTYPES[check_precision(precision)]
+
+
+def module_group(module_name: str) -> str | None:
+    """The policy group a Linear belongs to, or None for a name that is no known Linear."""
+    for group, regex in _GROUP_REGEX.items():
+        if regex.match(module_name):
+            return group
+    return None
+
+
+def should_quantize(module_name: str, precision: str, policy: str = "default") -> bool:
+    """True when ``module_name`` (a Linear of ``Bagel``) is stored by bitsandbytes in this precision."""
+    if check_precision(precision) not in QUANTIZED_PRECISIONS:
+        return False
+    if policy not in POLICIES:
+        raise BagelInputError(f"Unknown quantization policy {policy!r}; use one of {', '.join(POLICIES)}.")
+    return module_group(module_name) in POLICIES[policy]
+
+
+class _DropMessages(logging.Filter):
+    """Drops bitsandbytes log lines that are expected with our settings and would only alarm users."""
+
+    def __init__(self, *fragments: str):
+        super().__init__()
+        self.fragments = fragments
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        return not any(fragment in message for fragment in self.fragments)
+
+
+@functools.lru_cache(maxsize=None)
+def _silence_expected_bitsandbytes_logs() -> None:
+    # LLM.int8 casts fp32/bf16 activations to fp16 by design and logs it on every call.
+    logging.getLogger("bitsandbytes.autograd._functions").addFilter(
+        _DropMessages("MatMul8bitLt: inputs will be cast"))
+    # The optional "kernels" hub package only speeds up the AVX512-BF16 repacked path, which we do not use.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(
+        _DropMessages("Failed to load CPU gemm_4bit_forward"))
+
+
+def import_bitsandbytes(precision: str):
+    """Imports bitsandbytes, or raises an error that says how to install a version that works."""
+    _silence_expected_bitsandbytes_logs()
+    try:
+        import bitsandbytes
+    except ImportError as exc:
+        raise BagelInputError(
+            f"precision={precision!r} needs the bitsandbytes package, which is not installed: run "
+            f"`pip install bitsandbytes>=0.48` (tested with 0.50.2), or use precision='bf16'/'fp16'.") from exc
+    version = tuple(int(p) for p in re.findall(r"\d+", bitsandbytes.__version__)[:3])
+    if version < MIN_BITSANDBYTES:
+        raise BagelInputError(
+            f"precision={precision!r} needs bitsandbytes >= 0.48 (NF4 and INT8 on every device); "
+            f"{bitsandbytes.__version__} is installed: run `pip install -U bitsandbytes`.")
+    return bitsandbytes
+
+
+@functools.lru_cache(maxsize=None)
+def _linear_classes():
+    """The two quantized Linear classes, defined once bitsandbytes is importable."""
+    bnb = import_bitsandbytes("nf4")
+
+    class NF4Linear(bnb.nn.Linear4bit):
+        """Linear4bit honouring the ops.Linear contract: input cast to ``compute_dtype``, output in it.
+
+        The forward calls ``matmul_4bit`` directly because ``Linear4bit.forward`` repacks the weight for
+        AVX512-BF16 CPUs on first use (rounding absmax to bf16 and computing in bf16 whatever the compute
+        dtype) and converts the stored bias in place; both would make a saved model differ from the
+        loaded one.
+        """
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = x.to(self.compute_dtype)
+            bias = None if self.bias is None else self.bias.to(x.dtype)
+            return bnb.matmul_4bit(x, self.weight, bias=bias, quant_state=self.weight.quant_state)
+
+    class Int8Linear(bnb.nn.Linear8bitLt):
+        """Linear8bitLt with the ops.Linear contract; the stored bias is cast per call, never in place."""
+
+        compute_dtype: torch.dtype = torch.float32
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = x.to(self.compute_dtype)
+            self.state.is_training = self.training
+            if self.weight.CB is not None:
+                self.init_8bit_state()
+            bias = None if self.bias is None else self.bias.to(x.dtype)
+            out = bnb.matmul(x, self.weight, bias=bias, state=self.state)
+            if self.state.CB is not None:
+                self.weight.data = self.state.CB
+            return out.to(self.compute_dtype)
+
+    return bnb, NF4Linear, Int8Linear
+
+
+def is_quantized_linear(module: nn.Module) -> bool:
+    if not any(type(module).__name__ == n for n in ("NF4Linear", "Int8Linear")):
+        return False
+    _, nf4_cls, int8_cls = _linear_classes()
+    return isinstance(module, (nf4_cls, int8_cls))
+
+
+def make_quantized_linear(name: str, weight: torch.Tensor, bias: torch.Tensor | None, precision: str,
+                          device: torch.device | str, compute_dtype: torch.dtype) -> nn.Module:
+    """Quantizes one Linear's (weight, bias) on ``device`` and returns the bitsandbytes module.
+
+    The weight is moved to ``device`` first so a CUDA target quantizes on the GPU and the host never holds
+    more than this one tensor. The bias is kept in the storage dtype of the precision (bf16).
+    """
+    bnb, nf4_cls, int8_cls = _linear_classes()
+    device = torch.device(device)
+    out_features, in_features = weight.shape
+    weight = weight.to(device)
+    bias = None if bias is None else nn.Parameter(bias.to(device, storage_dtype(precision)), requires_grad=False)
+    try:
+        if precision == "nf4":
+            module = nf4_cls(in_features, out_features, bias=False, compute_dtype=compute_dtype,
+                             compress_statistics=False, quant_type="nf4", device="meta")
+            param = bnb.nn.Params4bit(weight, requires_grad=False, blocksize=NF4_BLOCKSIZE,
+                                      compress_statistics=False, quant_type="nf4", module=module)
+            module.weight = param._quantize(device)
+        elif precision == "int8":
+            module = int8_cls(in_features, out_features, bias=False, has_fp16_weights=False,
+                              threshold=INT8_OUTLIER_THRESHOLD, device="meta")
+            module.compute_dtype = compute_dtype
+            param = bnb.nn.Int8Params(weight, requires_grad=False, has_fp16_weights=False)
+            module.weight = param._quantize(device)
+        else:
+            raise BagelInputError(f"make_quantized_linear got precision {precision!r}; only nf4/int8 quantize.")
+    except (RuntimeError, NotImplementedError) as exc:
+        raise BagelInputError(
+            f"bitsandbytes could not quantize {name} to {precision} on {device} ({exc}). Install a "
+            f"bitsandbytes build for this device (`pip install -U bitsandbytes`) or use precision='bf16'.") \
+            from exc
+    module.bias = bias
+    return module.eval()
+
+
+def linear_factory(precision: str, compute_dtype: torch.dtype, policy: str = "default"):
+    """Adapter for ``loading.load_module_weights``: (name, module, tensors on device) -> replacement or None."""
+    from .model.ops import Linear
+
+    def factory(name: str, module: nn.Module, tensors: dict) -> nn.Module | None:
+        if not isinstance(module, Linear) or not should_quantize(name, precision, policy):
+            return None
+        return make_quantized_linear(name, tensors["weight"], tensors.get("bias"), precision,
+                                     tensors["weight"].device, compute_dtype)
+
+    return factory
+
+
+def probe_device(precision: str, device: torch.device | str, compute_dtype: torch.dtype) -> None:
+    """Quantizes and runs a 64x64 Linear on ``device`` so an unsupported setup fails before the big read."""
+    if precision not in QUANTIZED_PRECISIONS:
+        return
+    weight = torch.linspace(-1, 1, 64 * 64, dtype=torch.bfloat16).reshape(64, 64)
+    module = make_quantized_linear("probe", weight, None, precision, device, compute_dtype)
+    try:
+        with torch.no_grad():
+            out = module(torch.ones(2, 64, device=device, dtype=compute_dtype))
+    except (RuntimeError, NotImplementedError) as exc:
+        raise BagelInputError(
+            f"The installed bitsandbytes cannot run {precision} Linears on {device} with compute dtype "
+            f"{compute_dtype} ({exc}). Install a bitsandbytes build for this device (`pip install -U "
+            f"bitsandbytes`), pick another compute dtype, or use precision='bf16'.") from exc
+    if out.dtype != compute_dtype or not torch.isfinite(out).all():
+        raise BagelInputError(
+            f"bitsandbytes {precision} on {device} returned {out.dtype} / non-finite values for a test "
+            f"Linear; use precision='bf16' or update bitsandbytes.")
