@@ -1,0 +1,89 @@
+"""Image Edit node: an instruction applied to each image of a batch, one by one."""
+from PIL import Image
+
+from .image_convert import image_batch_to_pil, pil_to_image_batch
+from .progress import NodeProgress
+from .sampler_inputs import (EDIT_DEFAULTS, core_sampler_kwargs, model_input, plan_or_none,
+                             prompt_and_interval_problems, sampler_input_types, seed_input, size_input,
+                             text_input, thinking_input)
+from .validation import first_problem, raise_if_problem, size_problem
+
+# native: the model's own rule (input resized to BAGEL's working size, at most 1024 a side);
+# match_input: native, then resized back to the input's exact size; custom: width x height.
+OUTPUT_SIZE_MODES = ("native", "match_input", "custom")
+
+
+def _custom_size_problems(output_size, width, height):
+    if output_size != "custom":
+        return None, None
+    return size_problem("width", width), size_problem("height", height)
+
+
+class BagelMoTEdit:
+    DESCRIPTION = (
+        "Edits images with an instruction. Each image of the batch is edited on its own with the "
+        "same seed; optional reference images are shown to the model after it."
+    )
+    CATEGORY = "BAGEL-MoT"
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("images",)
+    FUNCTION = "edit"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        required = {
+            "bagel_model": model_input(),
+            "image": ("IMAGE", {"tooltip": "Image(s) to edit; a batch is edited one by one."}),
+            "instruction": text_input("What to change."),
+            "output_size": (list(OUTPUT_SIZE_MODES), {
+                "default": "native",
+                "tooltip": "native: BAGEL's working size for this input; match_input: same size "
+                           "as the input; custom: width x height below."}),
+            "width": size_input(1024, "Output width when output_size is custom"),
+            "height": size_input(1024, "Output height when output_size is custom"),
+        }
+        required.update(sampler_input_types(EDIT_DEFAULTS))
+        required["seed"] = seed_input()
+        return {
+            "required": required,
+            "optional": {
+                "reference_images": ("IMAGE", {"tooltip": "Extra images the instruction may refer to."}),
+                "thinking": thinking_input(),
+            },
+        }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, instruction=None, output_size=None, width=None, height=None,
+                        cfg_interval_start=None, cfg_interval_end=None):
+        return first_problem(
+            *_custom_size_problems(output_size, width, height),
+            *prompt_and_interval_problems("instruction", instruction, cfg_interval_start, cfg_interval_end),
+        )
+
+    def edit(self, bagel_model, image, instruction, output_size, width, height, seed,
+             reference_images=None, thinking="", **sampler):
+        raise_if_problem(
+            *_custom_size_problems(output_size, width, height),
+            *prompt_and_interval_problems("instruction", instruction, sampler["cfg_interval_start"],
+                                          sampler["cfg_interval_end"]),
+        )
+        sources = image_batch_to_pil(image, "image")
+        references = [] if reference_images is None else image_batch_to_pil(reference_images, "reference_images")
+        pipeline = bagel_model.ready_pipeline()
+        progress = NodeProgress(len(sources))
+        size = (int(width), int(height)) if output_size == "custom" else None
+        edited = []
+        for index, source in enumerate(sources):
+            result = pipeline.edit_image(
+                [source, *references], instruction, thinking=plan_or_none(thinking), output_size=size,
+                seed=seed, callback=progress.callback(index), **core_sampler_kwargs(sampler),
+            )
+            picture = result.images[0]
+            if output_size == "match_input" and picture.size != source.size:
+                picture = picture.resize(source.size, Image.Resampling.LANCZOS)
+            edited.append(picture)
+        return (pil_to_image_batch(edited),)
+
+
+NODE_CLASS_MAPPINGS = {"BagelMoTEdit": BagelMoTEdit}
+NODE_DISPLAY_NAME_MAPPINGS = {"BagelMoTEdit": "BAGEL-MoT Image Edit"}

@@ -1,0 +1,92 @@
+"""Loader node: a checkpoint folder from models/bagel + a precision -> BAGEL_MOT_MODEL."""
+import importlib.util
+import logging
+
+import comfy.model_management as mm
+
+from . import model_folders
+from .download import download_checkpoint
+from .memory_check import PRECISIONS, check_fits
+from .model_handle import MODEL_TYPE, BagelMoTModel
+
+logger = logging.getLogger(__name__)
+
+QUANTIZED = ("nf4", "int8")
+
+
+def _precision_problem(precision) -> str | None:
+    if precision is None:
+        return None
+    if precision not in PRECISIONS:
+        return f"precision '{precision}' is not one of {', '.join(PRECISIONS)}."
+    if precision in QUANTIZED and importlib.util.find_spec("bitsandbytes") is None:
+        return (
+            f"precision '{precision}' needs the bitsandbytes package; install it with "
+            "'python -m pip install bitsandbytes' in ComfyUI's Python, or pick bf16/fp16."
+        )
+    return None
+
+
+def _folder_problem(model_folder, download_if_missing) -> str | None:
+    if model_folder is None or model_folders.find_model_folder(model_folder) is not None:
+        return None
+    if download_if_missing and model_folder == model_folders.DOWNLOAD_FOLDER_NAME:
+        return None
+    return model_folders.missing_folder_message(model_folder)
+
+
+class BagelMoTModelLoader:
+    DESCRIPTION = (
+        "Loads a BAGEL-7B-MoT checkpoint folder from models/bagel. ComfyUI moves it to the GPU "
+        "when a BAGEL node runs and offloads it when other models need the memory."
+    )
+    CATEGORY = "BAGEL-MoT"
+    RETURN_TYPES = (MODEL_TYPE,)
+    RETURN_NAMES = ("bagel_model",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model_folder": (model_folders.dropdown_choices(), {
+                    "tooltip": "A checkpoint folder inside models/bagel (or a 'bagel' path from "
+                               "extra_model_paths.yaml)."}),
+                "precision": (list(PRECISIONS), {
+                    "default": "bf16",
+                    "tooltip": "Weight format. bf16 is the reference; nf4 and int8 use less memory "
+                               "and need the bitsandbytes package."}),
+                "download_if_missing": ("BOOLEAN", {
+                    "default": False,
+                    "label_on": "download from Hugging Face",
+                    "label_off": "never download",
+                    "tooltip": f"Download {model_folders.HF_REPO_ID} (~29 GB) into models/bagel/"
+                               f"{model_folders.DOWNLOAD_FOLDER_NAME} when that folder is selected "
+                               "and missing."}),
+            }
+        }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, model_folder=None, precision=None, download_if_missing=None):
+        problems = (_folder_problem(model_folder, download_if_missing), _precision_problem(precision))
+        return next((problem for problem in problems if problem), True)
+
+    def load(self, model_folder, precision, download_if_missing=False):
+        from bagel_model import BagelPipeline
+
+        problem = _folder_problem(model_folder, download_if_missing) or _precision_problem(precision)
+        if problem:
+            raise ValueError(problem)
+        path = model_folders.find_model_folder(model_folder)
+        if path is None:
+            path = download_checkpoint(model_folders.download_target_dir())
+        weight_bytes, working_bytes = check_fits(path, model_folder, precision)
+        logger.info("Loading BAGEL checkpoint %s in %s.", path, precision)
+        # Weights load onto the offload device; ModelPatcher moves them before each use.
+        pipeline = BagelPipeline.from_pretrained(path, precision=precision,
+                                                 device=str(mm.unet_offload_device()))
+        return (BagelMoTModel(pipeline, model_folder, precision, working_bytes, weight_bytes),)
+
+
+NODE_CLASS_MAPPINGS = {"BagelMoTModelLoader": BagelMoTModelLoader}
+NODE_DISPLAY_NAME_MAPPINGS = {"BagelMoTModelLoader": "BAGEL-MoT Model Loader"}

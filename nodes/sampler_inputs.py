@@ -1,0 +1,93 @@
+"""Sampler settings shared by Text to Image and Edit, with per-node defaults."""
+from dataclasses import dataclass
+
+from .model_handle import MODEL_TYPE
+from .validation import MAX_SIDE, MIN_SIDE, SIZE_MULTIPLE, interval_problem, text_problem
+
+RENORM_TYPES = ("global", "channel", "text_channel")
+SEED_MAX = 0xFFFFFFFFFFFFFFFF
+
+
+@dataclass(frozen=True)
+class SamplerDefaults:
+    cfg_text_scale: float
+    cfg_img_scale: float
+    cfg_interval: tuple[float, float]
+    cfg_renorm_type: str
+    steps: int = 50
+    timestep_shift: float = 3.0
+    cfg_renorm_min: float = 0.0
+
+
+TEXT_TO_IMAGE_DEFAULTS = SamplerDefaults(4.0, 1.0, (0.4, 1.0), "global")
+EDIT_DEFAULTS = SamplerDefaults(4.0, 2.0, (0.0, 1.0), "text_channel")
+
+
+def model_input():
+    return (MODEL_TYPE, {"tooltip": "From the BAGEL-MoT Model Loader."})
+
+
+def size_input(default: int, what: str):
+    return ("INT", {"default": default, "min": MIN_SIDE, "max": MAX_SIDE, "step": SIZE_MULTIPLE,
+                    "tooltip": f"{what}, in pixels (a multiple of {SIZE_MULTIPLE})."})
+
+
+def seed_input():
+    return ("INT", {"default": 0, "min": 0, "max": SEED_MAX, "control_after_generate": True,
+                    "tooltip": "Same seed and settings give the same result as the command line."})
+
+
+def text_input(tooltip: str, default: str = ""):
+    # dynamicPrompts off: the core must get exactly the typed text ({a|b} is not expanded).
+    return ("STRING", {"default": default, "multiline": True, "dynamicPrompts": False, "tooltip": tooltip})
+
+
+def thinking_input():
+    return text_input("Optional plan from the BAGEL-MoT Think node (editable). Empty = no plan.")
+
+
+def sampler_input_types(defaults: SamplerDefaults) -> dict:
+    """Widget specs in the order they appear on the node (workflow widgets_values rely on it)."""
+    def scale(default, tooltip):
+        return ("FLOAT", {"default": default, "min": 0.0, "max": 20.0, "step": 0.1, "tooltip": tooltip})
+
+    def fraction(default, tooltip):
+        return ("FLOAT", {"default": default, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": tooltip})
+
+    start, end = defaults.cfg_interval
+    return {
+        "steps": ("INT", {"default": defaults.steps, "min": 2, "max": 200,
+                          "tooltip": "Denoising timesteps (50 is the reference)."}),
+        "cfg_text_scale": scale(defaults.cfg_text_scale, "Prompt adherence; 1.0 disables text guidance."),
+        "cfg_img_scale": scale(defaults.cfg_img_scale, "Input-image preservation; 1.0 disables it."),
+        "cfg_interval_start": fraction(start, "Guidance is applied for timesteps in [start, end]."),
+        "cfg_interval_end": fraction(end, "Guidance is applied for timesteps in [start, end]."),
+        "timestep_shift": ("FLOAT", {"default": defaults.timestep_shift, "min": 0.1, "max": 20.0, "step": 0.1,
+                                     "tooltip": "Higher spends more steps on layout, lower on detail."}),
+        "cfg_renorm_min": fraction(defaults.cfg_renorm_min, "Guidance renormalisation floor; 1.0 disables it."),
+        "cfg_renorm_type": (list(RENORM_TYPES), {"default": defaults.cfg_renorm_type,
+                                                 "tooltip": "global: all tokens; channel: per token; "
+                                                            "text_channel: per token, text guidance only."}),
+    }
+
+
+def core_sampler_kwargs(inputs: dict) -> dict:
+    """Maps the node's widget values onto the core's keyword arguments."""
+    return {
+        "steps": int(inputs["steps"]),
+        "cfg_text_scale": float(inputs["cfg_text_scale"]),
+        "cfg_img_scale": float(inputs["cfg_img_scale"]),
+        "cfg_interval": (float(inputs["cfg_interval_start"]), float(inputs["cfg_interval_end"])),
+        "timestep_shift": float(inputs["timestep_shift"]),
+        "cfg_renorm_min": float(inputs["cfg_renorm_min"]),
+        "cfg_renorm_type": inputs["cfg_renorm_type"],
+    }
+
+
+def plan_or_none(thinking) -> str | None:
+    """An empty plan means 'no plan'."""
+    return thinking if thinking and thinking.strip() else None
+
+
+def prompt_and_interval_problems(prompt_name: str, prompt, start, end):
+    return text_problem(prompt_name, prompt), interval_problem(start, end)
