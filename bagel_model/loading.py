@@ -1,0 +1,125 @@
+"""Strict, streamed loading of a BAGEL folder onto a skeleton built on the meta device.
+
+``ema.safetensors`` is memory-mapped and read module by module: each tensor is converted (or handed to a
+quantizer) and moved to its device at once, so the full state dict never exists in host memory.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors import safe_open
+from torch import nn
+
+from .config import AE_FILE, WEIGHTS_FILE, BagelConfig
+from .errors import BagelCheckpointError
+from .model.autoencoder import AutoEncoder
+from .model.bagel import Bagel
+from .safetensors_header import read_header
+
+log = logging.getLogger(__name__)
+
+# (qualified module name, module, its tensors already on the target device) -> replacement module or None.
+LinearFactory = Callable[[str, nn.Module, dict], "nn.Module | None"]
+
+
+def build_skeleton(config: BagelConfig) -> tuple[Bagel, AutoEncoder]:
+    """Both modules with every parameter on the meta device (no memory, no random init)."""
+    with torch.device("meta"):
+        return Bagel(config), AutoEncoder(config.ae)
+
+
+def check_keys(module: nn.Module, header: dict, path: Path) -> None:
+    """Raises naming the first missing/unexpected key or wrong shape; the folder is in the message."""
+    expected = {name: tuple(t.shape) for name, t in module.state_dict().items()}
+    missing = sorted(set(expected) - set(header))
+    unexpected = sorted(set(header) - set(expected))
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing key(s), e.g. {missing[:3]}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[:3]}")
+    for name in sorted(set(expected) & set(header)):
+        if tuple(header[name]["shape"]) != expected[name]:
+            problems.append(f"{name} has shape {tuple(header[name]['shape'])} but the configs in "
+                            f"{path.parent} need {expected[name]}")
+            break
+    if problems:
+        raise BagelCheckpointError(
+            f"{path} does not match the model described by the JSON configs in {path.parent}: "
+            + "; ".join(problems) + ". Check that every file of the folder comes from the same BAGEL download.")
+
+
+def load_module_weights(module: nn.Module, path: Path, device: torch.device, dtype: torch.dtype | None,
+                        linear_factory: LinearFactory | None = None) -> nn.Module:
+    """Fills a meta-device ``module`` from ``path`` (strict). Returns the (possibly replaced) module.
+
+    Float tensors are converted to ``dtype`` (None keeps the stored dtype). Each leaf module's tensors are
+    read together so a ``linear_factory`` (quantization) can replace a whole Linear at once.
+    """
+    header = read_header(path)
+    check_keys(module, header, path)
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as reader:
+            for name, leaf in list(module.named_modules()):
+                own = dict(leaf.named_parameters(recurse=False)) | dict(leaf.named_buffers(recurse=False))
+                persistent = {k: v for k, v in own.items() if _key(name, k) in header}
+                if not persistent:
+                    continue
+                tensors = {k: _convert(reader.get_tensor(_key(name, k)), device, dtype) for k in persistent}
+                replacement = linear_factory(name, leaf, tensors) if linear_factory else None
+                if replacement is not None:
+                    _set_submodule(module, name, replacement)
+                    continue
+                for attr, tensor in tensors.items():
+                    requires_grad = False
+                    setattr(leaf, attr, nn.Parameter(tensor, requires_grad=requires_grad)
+                            if attr in dict(leaf.named_parameters(recurse=False)) else tensor)
+    except (OSError, RuntimeError, ValueError) as exc:
+        if isinstance(exc, BagelCheckpointError):
+            raise
+        raise BagelCheckpointError(
+            f"Reading {path} failed ({exc}); the file is probably corrupt: delete it and download it again.") \
+            from exc
+    return module
+
+
+def _key(module_name: str, attr: str) -> str:
+    return f"{module_name}.{attr}" if module_name else attr
+
+
+def _convert(tensor: torch.Tensor, device: torch.device, dtype: torch.dtype | None) -> torch.Tensor:
+    if dtype is not None and tensor.is_floating_point():
+        tensor = tensor.to(dtype)
+    return tensor.to(device)
+
+
+def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, new)
+
+
+def required_files(folder: Path) -> None:
+    for name in (WEIGHTS_FILE, AE_FILE):
+        if not (folder / name).is_file():
+            raise BagelCheckpointError(
+                f"{name} is missing in the model folder {folder}. Download ByteDance-Seed/BAGEL-7B-MoT "
+                f"completely (about 29 GB) into this folder, or choose another folder.")
+
+
+def load_bagel(folder: str | Path, device: torch.device, dtype: torch.dtype,
+               linear_factory: LinearFactory | None = None) -> tuple[BagelConfig, Bagel, AutoEncoder]:
+    """Builds and strictly loads the model and the autoencoder (kept in fp32, as the official app does)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise BagelCheckpointError(f"Model folder {folder} does not exist.")
+    config = BagelConfig.from_folder(folder)
+    required_files(folder)
+    model, vae = build_skeleton(config)
+    log.info("Loading %s to %s as %s", folder / WEIGHTS_FILE, device, dtype)
+    load_module_weights(model, folder / WEIGHTS_FILE, device, dtype, linear_factory)
+    load_module_weights(vae, folder / AE_FILE, device, torch.float32)
+    return config, model.eval(), vae.eval()

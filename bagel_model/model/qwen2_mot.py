@@ -1,0 +1,157 @@
+"""Qwen2 Mixture-of-Transformers decoder: two full expert weight sets per layer, one joint attention.
+
+Every token is routed to the understanding expert ("und": original Qwen2 names) or the generation expert
+("gen": ``*_moe_gen`` names). A call gives its tokens as segments ``(start, end, expert)``; latent tokens use
+the gen expert, text/ViT tokens and the image marker tokens the und expert. Module attribute names equal the
+checkpoint keys (``language_model.model.layers.{i}.self_attn.q_proj_moe_gen.weight`` ...).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import LLMConfig
+from .attention import attend
+from .embeddings import apply_rope
+from .kv_cache import Context
+from .ops import Linear, RMSNorm, rms_norm
+
+UND, GEN = "und", "gen"
+
+
+@dataclass(frozen=True)
+class Segment:
+    start: int
+    end: int
+    expert: str
+
+
+@dataclass
+class Block:
+    """What one LM call processes and how: the routing, the positions' cos/sin, causality, cache update."""
+
+    segments: list[Segment]
+    cos: torch.Tensor
+    sin: torch.Tensor
+    causal: bool
+    fp32_qk: bool  # gen-mode calls normalise Q/K and apply RoPE in fp32 (official numerics, spec §3.3)
+
+
+def per_expert(x: torch.Tensor, segments: list[Segment], und, gen) -> torch.Tensor:
+    """Applies ``und`` or ``gen`` to each segment of the token axis and joins the results in order."""
+    if len(segments) == 1:
+        fn = und if segments[0].expert == UND else gen
+        return fn(x)
+    return torch.cat([(und if s.expert == UND else gen)(x[s.start:s.end]) for s in segments], dim=0)
+
+
+class MLP(nn.Module):
+    def __init__(self, hidden: int, intermediate: int):
+        super().__init__()
+        self.gate_proj = Linear(hidden, intermediate, bias=False)
+        self.up_proj = Linear(hidden, intermediate, bias=False)
+        self.down_proj = Linear(intermediate, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class MoTAttention(nn.Module):
+    def __init__(self, config: LLMConfig):
+        super().__init__()
+        hidden, head_dim = config.hidden_size, config.head_dim
+        self.num_heads, self.num_kv_heads, self.head_dim = config.num_attention_heads, \
+            config.num_key_value_heads, head_dim
+        q_out, kv_out = self.num_heads * head_dim, self.num_kv_heads * head_dim
+        for suffix in ("", "_moe_gen"):
+            setattr(self, f"q_proj{suffix}", Linear(hidden, q_out, bias=True))
+            setattr(self, f"k_proj{suffix}", Linear(hidden, kv_out, bias=True))
+            setattr(self, f"v_proj{suffix}", Linear(hidden, kv_out, bias=True))
+            setattr(self, f"o_proj{suffix}", Linear(q_out, hidden, bias=False))
+            setattr(self, f"q_norm{suffix}", RMSNorm(head_dim, config.rms_norm_eps))
+            setattr(self, f"k_norm{suffix}", RMSNorm(head_dim, config.rms_norm_eps))
+
+    def _norm_rope(self, x: torch.Tensor, which: str, block: Block, heads: int) -> torch.Tensor:
+        x = x.view(-1, heads, self.head_dim)
+        norm_und, norm_gen = getattr(self, f"{which}_norm"), getattr(self, f"{which}_norm_moe_gen")
+        if block.fp32_qk:
+            out_dtype = x.dtype
+            x = per_expert(x.float(), block.segments,
+                           lambda t: rms_norm(t, norm_und.weight.float(), norm_und.eps),
+                           lambda t: rms_norm(t, norm_gen.weight.float(), norm_gen.eps))
+            return apply_rope(x, block.cos.float(), block.sin.float()).to(out_dtype)
+        x = per_expert(x, block.segments, norm_und, norm_gen)
+        return apply_rope(x, block.cos, block.sin)
+
+    def forward(self, x: torch.Tensor, block: Block, context: Context, layer: int, update: bool):
+        segs = block.segments
+        q = per_expert(x, segs, self.q_proj, self.q_proj_moe_gen)
+        k = per_expert(x, segs, self.k_proj, self.k_proj_moe_gen)
+        v = per_expert(x, segs, self.v_proj, self.v_proj_moe_gen).view(-1, self.num_kv_heads, self.head_dim)
+        q = self._norm_rope(q, "q", block, self.num_heads)
+        k = self._norm_rope(k, "k", block, self.num_kv_heads)
+        past_k = context.cache.keys(layer, context.length)
+        past_v = context.cache.values(layer, context.length)
+        if update:
+            context.cache.write(layer, context.length, k, v)
+        if past_k is not None:
+            k_all, v_all = torch.cat([past_k.to(k.dtype), k]), torch.cat([past_v.to(v.dtype), v])
+        else:
+            k_all, v_all = k, v
+        out = attend(q, k_all, v_all, block.causal)
+        return per_expert(out, segs, self.o_proj, self.o_proj_moe_gen)
+
+
+class MoTDecoderLayer(nn.Module):
+    def __init__(self, config: LLMConfig):
+        super().__init__()
+        hidden, eps = config.hidden_size, config.rms_norm_eps
+        self.self_attn = MoTAttention(config)
+        self.mlp = MLP(hidden, config.intermediate_size)
+        self.mlp_moe_gen = MLP(hidden, config.intermediate_size)
+        self.input_layernorm = RMSNorm(hidden, eps)
+        self.input_layernorm_moe_gen = RMSNorm(hidden, eps)
+        self.post_attention_layernorm = RMSNorm(hidden, eps)
+        self.post_attention_layernorm_moe_gen = RMSNorm(hidden, eps)
+
+    def forward(self, x: torch.Tensor, block: Block, context: Context, layer: int, update: bool):
+        segs = block.segments
+        normed = per_expert(x, segs, self.input_layernorm, self.input_layernorm_moe_gen)
+        h = x + self.self_attn(normed, block, context, layer, update)
+        normed = per_expert(h, segs, self.post_attention_layernorm, self.post_attention_layernorm_moe_gen)
+        return h + per_expert(normed, segs, self.mlp, self.mlp_moe_gen)
+
+
+class Qwen2MoTModel(nn.Module):
+    def __init__(self, config: LLMConfig):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(MoTDecoderLayer(config) for _ in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.norm_moe_gen = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, x: torch.Tensor, block: Block, context: Context, update: bool) -> torch.Tensor:
+        """Runs every layer on the packed block ``x`` (tokens, hidden) attending to ``context``.
+
+        With ``update`` the block's keys/values are appended to the context (length and cache grow);
+        otherwise the cache is read only (the block being denoised is never cached).
+        """
+        if update and not context.owns_tail:
+            raise RuntimeError("cannot append to a context snapshot that shares its cache with a longer one")
+        for index, layer in enumerate(self.layers):
+            x = layer(x, block, context, index, update)
+        if update:
+            context.length += x.shape[0]
+            context.cache.length = context.length
+        return per_expert(x, block.segments, self.norm, self.norm_moe_gen)
+
+
+class Qwen2ForCausalLM(nn.Module):
+    def __init__(self, config: LLMConfig):
+        super().__init__()
+        self.model = Qwen2MoTModel(config)
+        self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)

@@ -1,0 +1,227 @@
+"""Public API: ``BagelPipeline`` with understand / generate_image / edit_image / think (spec §6)."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from .conditioning import Conditioning, ConditioningBuilder
+from .denoise import denoise
+from .devices import DTYPES, resolve_compute_dtype, resolve_device
+from .errors import BagelInputError
+from .framing import GEN_THINK_SYSTEM_PROMPT, VLM_THINK_SYSTEM_PROMPT, SpecialIds, extract_generated_text
+from .images import to_pil, unpatchify_latent
+from .loading import load_bagel
+from .model.autoencoder import AutoEncoder
+from .model.bagel import Bagel
+from .model.ops import set_compute_dtype
+from .runtime import BagelRuntime, ProgressFn
+from .sampler import SamplerSettings
+from .tokenizer import Qwen2Tokenizer
+
+log = logging.getLogger(__name__)
+
+GENERATE_DEFAULTS = SamplerSettings()
+EDIT_DEFAULTS = SamplerSettings(cfg_img_scale=2.0, cfg_interval=(0.0, 1.0), cfg_renorm_type="text_channel")
+
+
+@dataclass
+class BagelResult:
+    text: str = ""  # the decoded text the official code returns for this mode (think runs: the plan)
+    thinking: str = ""  # the reasoning part (think modes), "" otherwise
+    answer: str = ""  # understanding: the text after the reasoning ("" for image modes)
+    token_ids: list[int] = field(default_factory=list)  # generated ids without the start token / EOS
+    images: list[Image.Image] = field(default_factory=list)
+    latents: list[torch.Tensor] = field(default_factory=list)  # float32 (1, 16, H/8, W/8), decoder input
+    seconds: float = 0.0
+
+
+class BagelModule(torch.nn.Module):
+    """Everything with weights in one module, so a memory manager can move it as a unit."""
+
+    def __init__(self, bagel: Bagel, vae: AutoEncoder):
+        super().__init__()
+        self.bagel = bagel
+        self.vae = vae
+
+
+class BagelPipeline:
+    def __init__(self, model: Bagel, vae: AutoEncoder, tokenizer: Qwen2Tokenizer,
+                 compute_dtype: torch.dtype, source: Path | None = None):
+        self.model = BagelModule(model, vae)
+        self.tokenizer = tokenizer
+        self.config = model.config
+        self.special = SpecialIds.from_tokenizer(tokenizer)
+        self.compute_dtype = compute_dtype
+        self.source = source
+        set_compute_dtype(model, compute_dtype)
+        self.runtime = BagelRuntime(model, vae, self.special, compute_dtype)
+        self.builder = ConditioningBuilder(self.runtime, tokenizer)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, precision: str = "bf16", device: str = "auto",
+                        compute_dtype: str = "auto") -> "BagelPipeline":
+        target = resolve_device(device)
+        if precision not in DTYPES:
+            raise BagelInputError(f"precision {precision!r} is not one of {sorted(DTYPES)}.")
+        cdtype = resolve_compute_dtype(compute_dtype, target)
+        start = time.perf_counter()
+        _, model, vae = load_bagel(path, target, DTYPES[precision])
+        tokenizer = Qwen2Tokenizer.from_folder(path)
+        log.info("Loaded %s (%s weights, %s compute, %s) in %.1f s", path, precision, cdtype, target,
+                 time.perf_counter() - start)
+        return cls(model, vae, tokenizer, cdtype, Path(path))
+
+    @property
+    def device(self) -> torch.device:
+        return self.runtime.device
+
+    def to(self, device: str | torch.device) -> "BagelPipeline":
+        self.model.to(device)
+        return self
+
+    # ---- public flows -------------------------------------------------------------------------------
+
+    def understand(self, images, prompt: str, think: bool = False, max_new_tokens: int = 512,
+                   do_sample: bool = False, temperature: float = 0.3, seed: int = 0,
+                   callback: ProgressFn | None = None, inputs: list | None = None) -> BagelResult:
+        """Answers ``prompt`` about ``images`` (ViT tokens only). ``inputs`` gives an interleaved list."""
+        start = time.perf_counter()
+        items = self._items(images, prompt, inputs)
+        system = VLM_THINK_SYSTEM_PROMPT if think else None
+        cond = self.builder.build(items, system, use_vae=False, generator=None)
+        ids = self._decode(cond, max_new_tokens, do_sample, temperature, seed, callback)
+        text = extract_generated_text(self.tokenizer, ids)
+        thinking, answer = split_thinking(text) if think else ("", text)
+        return BagelResult(text=text, thinking=thinking, answer=answer, token_ids=ids[1:],
+                           seconds=time.perf_counter() - start)
+
+    def think(self, prompt: str, images=None, max_think_tokens: int = 1000, do_sample: bool = False,
+              temperature: float = 0.3, seed: int = 0, callback: ProgressFn | None = None) -> BagelResult:
+        """The plan the model writes before generating (no image) or editing (with images)."""
+        start = time.perf_counter()
+        items = self._items(images, prompt, None)
+        cond = self.builder.build(items, GEN_THINK_SYSTEM_PROMPT, use_vae=True,
+                                  generator=torch.Generator("cpu").manual_seed(seed))
+        ids = self._decode(cond, max_think_tokens, do_sample, temperature, seed, callback)
+        plan = extract_generated_text(self.tokenizer, ids)
+        return BagelResult(text=plan, thinking=plan, token_ids=ids[1:], seconds=time.perf_counter() - start)
+
+    def generate_image(self, prompt: str, width: int = 1024, height: int = 1024, steps: int = 50,
+                       cfg_text_scale: float = 4.0, cfg_img_scale: float = 1.0,
+                       cfg_interval=(0.4, 1.0), timestep_shift: float = 3.0, cfg_renorm_min: float = 0.0,
+                       cfg_renorm_type: str = "global", think: bool = False, max_think_tokens: int = 1000,
+                       thinking: str | None = None, seed: int = 0, callback: ProgressFn | None = None,
+                       do_sample: bool = False, temperature: float = 0.3,
+                       inputs: list | None = None) -> BagelResult:
+        settings = SamplerSettings(steps, cfg_text_scale, cfg_img_scale, tuple(cfg_interval), timestep_shift,
+                                   cfg_renorm_min, cfg_renorm_type)
+        items = self._items(None, prompt, inputs)
+        return self._image_flow(items, settings, (width, height), think, max_think_tokens, thinking, seed,
+                                callback, do_sample, temperature)
+
+    def edit_image(self, images, prompt: str, steps: int = 50, cfg_text_scale: float = 4.0,
+                   cfg_img_scale: float = 2.0, cfg_interval=(0.0, 1.0), timestep_shift: float = 3.0,
+                   cfg_renorm_min: float = 0.0, cfg_renorm_type: str = "text_channel", think: bool = False,
+                   max_think_tokens: int = 1000, thinking: str | None = None, output_size=None,
+                   seed: int = 0, callback: ProgressFn | None = None, do_sample: bool = False,
+                   temperature: float = 0.3, inputs: list | None = None) -> BagelResult:
+        """Edits the last image of ``images`` following ``prompt``; output size = the VAE-resized input size
+        unless ``output_size`` (width, height) is given."""
+        settings = SamplerSettings(steps, cfg_text_scale, cfg_img_scale, tuple(cfg_interval), timestep_shift,
+                                   cfg_renorm_min, cfg_renorm_type)
+        items = self._items(images, prompt, inputs)
+        if not any(isinstance(item, Image.Image) for item in items):
+            raise BagelInputError("edit_image needs at least one input image.")
+        return self._image_flow(items, settings, output_size, think, max_think_tokens, thinking, seed,
+                                callback, do_sample, temperature)
+
+    # ---- internals ----------------------------------------------------------------------------------
+
+    def _items(self, images, prompt: str | None, inputs: list | None) -> list:
+        if inputs is not None:
+            items = list(inputs)
+        else:
+            if isinstance(images, Image.Image):
+                images = [images]
+            items = [*(images or []), prompt]
+        for item in items:
+            if isinstance(item, str):
+                if not item.strip():
+                    raise BagelInputError("The prompt is empty; write what the model should do.")
+            elif not isinstance(item, Image.Image):
+                raise BagelInputError(f"Inputs must be strings or PIL images, got {type(item).__name__}.")
+        if not any(isinstance(item, str) for item in items):
+            raise BagelInputError("The prompt is empty; write what the model should do.")
+        return items
+
+    def _decode(self, cond: Conditioning, max_new_tokens: int, do_sample: bool, temperature: float, seed: int,
+                callback) -> list[int]:
+        if max_new_tokens < 1:
+            raise BagelInputError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
+        if do_sample and temperature <= 0:
+            raise BagelInputError(f"temperature must be > 0 when sampling, got {temperature}.")
+        generator = torch.Generator("cpu").manual_seed(seed) if do_sample else None
+        return self.runtime.decode_text(cond.gen, max_new_tokens, do_sample, temperature, generator, callback)
+
+    def _image_flow(self, items, settings: SamplerSettings, size, think: bool, max_think_tokens: int,
+                    thinking: str | None, seed: int, callback, do_sample: bool, temperature: float):
+        start = time.perf_counter()
+        settings.validate()
+        if size is not None:
+            self._check_size(*size)
+        if thinking is not None and not thinking.strip():
+            thinking = None
+        generator = torch.Generator("cpu").manual_seed(seed)
+        system = GEN_THINK_SYSTEM_PROMPT if (think or thinking is not None) else None
+        cond = self.builder.build(items, system, use_vae=True, generator=generator)
+        token_ids: list[int] = []
+        if think and thinking is None:
+            ids = self._decode(cond, max_think_tokens, do_sample, temperature, seed, callback)
+            token_ids = ids[1:]
+            thinking = extract_generated_text(self.tokenizer, ids)
+        cfg_img = None
+        if settings.cfg_text_scale > 1.0 and settings.cfg_img_scale > 1.0:
+            cfg_img = self.builder.image_cfg_context(cond)
+        if thinking is not None:
+            self.builder.add_text(cond.gen, thinking)
+        width, height = size if size is not None else cond.image_size
+        latent = self._sample(settings, width, height, generator, cond, cfg_img, callback)
+        image = self.decode_latent(latent)
+        return BagelResult(text=thinking or "", thinking=thinking or "", token_ids=token_ids, images=[image],
+                           latents=[latent.cpu()], seconds=time.perf_counter() - start)
+
+    def _sample(self, settings, width, height, generator, cond, cfg_img, callback) -> torch.Tensor:
+        query = self.runtime.generation_query(height, width)
+        noise = torch.randn((query.num_tokens, self.config.patch_latent_dim), generator=generator,
+                            dtype=torch.float32)
+        packed = denoise(self.runtime, settings, query, noise, cond.gen, cond.cfg_text, cfg_img, callback)
+        return unpatchify_latent(packed, query.grid_h, query.grid_w, self.config.latent_channels,
+                                 self.config.latent_patch_size)
+
+    @torch.no_grad()
+    def decode_latent(self, latent: torch.Tensor) -> Image.Image:
+        vae = self.model.vae
+        weight = vae.decoder.conv_in.weight
+        return to_pil(vae.decode(latent.to(weight.device, weight.dtype)))
+
+    def _check_size(self, width: int, height: int) -> None:
+        stride, limit = self.config.latent_downsample, self.config.max_image_side
+        for name, value in (("width", width), ("height", height)):
+            if not isinstance(value, int) or value % stride or not stride <= value <= limit:
+                raise BagelInputError(
+                    f"{name}={value} is not supported: use a multiple of {stride} between {stride} and {limit} "
+                    f"(the model's latent grid is {self.config.max_latent_size}x{self.config.max_latent_size} "
+                    f"tokens of {stride} px).")
+
+
+def split_thinking(text: str) -> tuple[str, str]:
+    """Splits ``<think> reasoning </think> answer`` into (reasoning, answer); no tags → ("", text)."""
+    if "</think>" not in text:
+        return "", text.strip()
+    reasoning, answer = text.split("</think>", 1)
+    return reasoning.replace("<think>", "", 1).strip(), answer.strip()

@@ -1,0 +1,249 @@
+"""Pre-quantized BAGEL folders: save a loaded NF4/INT8 model, detect such a folder, load it without re-quantizing.
+
+Layout of a pre-quantized folder (everything a normal folder has, except ``ema.safetensors``):
+
+* ``quantization_config.json`` — the marker: format name/version, precision, weights file, policy, versions.
+* ``ema.<precision>.safetensors`` — every ``Bagel`` tensor. A quantized Linear ``<name>`` stores bitsandbytes'
+  own serialisation: NF4 ``<name>.weight`` (packed uint8) + ``<name>.weight.absmax`` / ``.quant_map`` /
+  ``.quant_state.bitsandbytes__nf4`` (packed metadata); INT8 ``<name>.weight`` (int8) + ``<name>.SCB`` (fp32
+  row scales). Biases and every other tensor are stored in the precision's storage dtype (bf16).
+* ``ae.safetensors``, the JSON configs and the tokenizer files, copied unchanged.
+
+Loading reads only these tensors: no re-quantization, no read of the original 29 GB file.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from torch import nn
+
+from .errors import BagelCheckpointError, BagelInputError
+from .quantization import (QUANTIZED_PRECISIONS, _linear_classes, import_bitsandbytes, is_quantized_linear,
+                           storage_dtype)
+from .safetensors_header import read_header
+from .safetensors_writer import write_safetensors
+
+log = logging.getLogger(__name__)
+
+MARKER_FILE = "quantization_config.json"
+FORMAT_NAME = "bagel_model.prequantized"
+FORMAT_VERSION = 1
+_NF4_STATE_KEY = "weight.quant_state.bitsandbytes__nf4"
+_COPIED_FILES = ("llm_config.json", "vit_config.json", "ae_config.json", "ae.safetensors", "vocab.json",
+                 "merges.txt", "tokenizer.json", "tokenizer_config.json", "generation_config.json")
+
+
+def weights_file_name(precision: str) -> str:
+    return f"ema.{precision}.safetensors"
+
+
+def read_marker(folder: str | Path) -> dict | None:
+    """The parsed marker of a pre-quantized folder, None for an ordinary folder; raises if it is unusable."""
+    path = Path(folder) / MARKER_FILE
+    if not path.is_file():
+        return None
+    try:
+        marker = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BagelCheckpointError(f"{path} is not valid JSON ({exc}); quantize the model again.") from exc
+    if marker.get("format") != FORMAT_NAME or marker.get("version") != FORMAT_VERSION:
+        raise BagelCheckpointError(
+            f"{path} describes format {marker.get('format')!r} v{marker.get('version')}, but this version of "
+            f"bagel_model reads {FORMAT_NAME} v{FORMAT_VERSION}; quantize the original folder again.")
+    if marker.get("precision") not in QUANTIZED_PRECISIONS:
+        raise BagelCheckpointError(f"{path} names precision {marker.get('precision')!r}; expected nf4 or int8.")
+    weights = Path(folder) / marker["weights_file"]
+    if not weights.is_file():
+        raise BagelCheckpointError(
+            f"{weights} is missing although {path} announces it; copy the whole pre-quantized folder or "
+            f"quantize again with `python -m bagel_model quantize`.")
+    return marker
+
+
+def prequantized_weights_path(folder: str | Path) -> Path | None:
+    marker = read_marker(folder)
+    return None if marker is None else Path(folder) / marker["weights_file"]
+
+
+def quantized_linear_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
+    """bitsandbytes' serialised form of one quantized Linear, keys relative to the module."""
+    _, nf4_cls, int8_cls = _linear_classes()
+    if isinstance(module, nf4_cls):
+        state = module.weight.quant_state
+        if getattr(state, "packing_format_for_cpu", False):
+            raise BagelInputError("An NF4 Linear was repacked for the CPU kernel; it cannot be saved exactly.")
+        tensors = {"weight": module.weight.data}
+        for key, value in state.as_dict(packed=True).items():
+            # Every layer shares one quant_map tensor; safetensors needs each entry to own its storage.
+            tensors["weight." + key] = value.clone()
+    elif isinstance(module, int8_cls):
+        scb = module.weight.SCB if module.weight.SCB is not None else module.state.SCB
+        tensors = {"weight": module.weight.data, "SCB": scb}
+    else:
+        raise TypeError(f"{type(module).__name__} is not a quantized Linear.")
+    if module.bias is not None:
+        tensors["bias"] = module.bias.data
+    return tensors
+
+
+def quantized_linear_from_tensors(name: str, tensors: dict[str, torch.Tensor], device: torch.device,
+                                  compute_dtype: torch.dtype) -> nn.Module:
+    """Rebuilds a quantized Linear from ``quantized_linear_tensors`` output, on ``device``."""
+    bnb, nf4_cls, int8_cls = _linear_classes()
+    bias = tensors.get("bias")
+    if _NF4_STATE_KEY in tensors:
+        shape = _nf4_shape(tensors)
+        module = nf4_cls(shape[1], shape[0], bias=False, compute_dtype=compute_dtype,
+                         compress_statistics=False, quant_type="nf4", device="meta")
+        stats = {k: v for k, v in tensors.items() if k.startswith("weight.")}
+        module.weight = bnb.nn.Params4bit.from_prequantized(tensors["weight"], stats, device=device,
+                                                            module=module)
+    elif "SCB" in tensors:
+        out_features, in_features = tensors["weight"].shape
+        module = int8_cls(in_features, out_features, bias=False, has_fp16_weights=False,
+                          threshold=_int8_threshold(), device="meta")
+        module.compute_dtype = compute_dtype
+        data = tensors["weight"].to(device)
+        module.weight = bnb.nn.Int8Params(data, requires_grad=False, has_fp16_weights=False, CB=data,
+                                          SCB=tensors["SCB"].to(device))
+    else:
+        raise BagelCheckpointError(f"{name} has neither NF4 nor INT8 quantization tensors.")
+    module.bias = None if bias is None else nn.Parameter(bias.to(device), requires_grad=False)
+    return module.eval()
+
+
+def _nf4_shape(tensors: dict) -> tuple[int, int]:
+    from bitsandbytes.utils import unpack_tensor_to_dict
+
+    return tuple(unpack_tensor_to_dict(tensors[_NF4_STATE_KEY])["shape"])
+
+
+def _int8_threshold() -> float:
+    from .quantization import INT8_OUTLIER_THRESHOLD
+
+    return INT8_OUTLIER_THRESHOLD
+
+
+def model_tensors_for_saving(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """(key, tensor) for every persistent tensor of ``model``, quantized Linears in serialised form."""
+    items: list[tuple[str, torch.Tensor]] = []
+    quantized_prefixes = []
+    for name, module in model.named_modules():
+        if any(name.startswith(p) for p in quantized_prefixes):
+            continue
+        if is_quantized_linear(module):
+            quantized_prefixes.append(name + ".")
+            items.extend((f"{name}.{k}", v) for k, v in quantized_linear_tensors(module).items())
+            continue
+        own = list(module.named_parameters(recurse=False))
+        own += [(k, b) for k, b in module.named_buffers(recurse=False)
+                if k not in module._non_persistent_buffers_set]
+        items.extend((f"{name}.{k}" if name else k, t) for k, t in own)
+    return items
+
+
+def save_quantized(model: nn.Module, source_folder: str | Path, out_dir: str | Path, precision: str,
+                   policy: str = "default") -> Path:
+    """Writes a pre-quantized folder for ``model`` (a ``Bagel`` loaded in ``precision``) into ``out_dir``.
+
+    ``source_folder`` is the folder the model was loaded from; its configs, autoencoder and tokenizer files
+    are copied. The marker is written last, so a folder whose save was interrupted is never detected as
+    pre-quantized.
+    """
+    if precision not in QUANTIZED_PRECISIONS:
+        raise BagelInputError(f"save_quantized needs precision nf4 or int8, not {precision!r}; "
+                              f"load the model with precision='nf4' or 'int8' first.")
+    source, out_dir = Path(source_folder), Path(out_dir)
+    if out_dir.exists() and out_dir.resolve() == source.resolve():
+        raise BagelInputError(f"The output folder {out_dir} is the model folder itself; choose a new folder.")
+    _, nf4_cls, int8_cls = _linear_classes()
+    wanted = nf4_cls if precision == "nf4" else int8_cls
+    count = sum(isinstance(m, wanted) for m in model.modules())
+    if count == 0:
+        raise BagelInputError(f"The model holds no {precision} Linear; load it with precision={precision!r} "
+                              f"before saving it as a pre-quantized {precision} folder.")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / MARKER_FILE).unlink(missing_ok=True)
+    weights = out_dir / weights_file_name(precision)
+    size = write_safetensors(weights, model_tensors_for_saving(model),
+                             metadata={"format": FORMAT_NAME, "precision": precision})
+    for name in _COPIED_FILES:
+        if (source / name).is_file():
+            shutil.copyfile(source / name, out_dir / name)
+    bnb = import_bitsandbytes(precision)
+    marker = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "precision": precision,
+              "weights_file": weights.name, "policy": policy, "quantized_linears": count,
+              "storage_dtype": str(storage_dtype(precision)).removeprefix("torch."),
+              "bitsandbytes_version": bnb.__version__, "torch_version": torch.__version__,
+              "source_folder": source.name}
+    partial = out_dir / (MARKER_FILE + ".partial")
+    partial.write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+    partial.replace(out_dir / MARKER_FILE)
+    log.info("Saved %d %s Linears and the rest of the model to %s (%.2f GB)", count, precision, weights,
+             size / 1e9)
+    return out_dir
+
+
+_QUANTIZED_SUFFIXES = ("weight", "bias", "SCB", "weight.absmax", "weight.quant_map", _NF4_STATE_KEY)
+
+
+def load_prequantized_weights(module: nn.Module, path: Path, device: torch.device, precision: str,
+                              compute_dtype: torch.dtype) -> nn.Module:
+    """Fills a meta-device ``Bagel`` from a pre-quantized weights file (strict: every key used, none missing)."""
+    from .loading import _set_submodule
+    from .model.ops import Linear
+
+    header = read_header(path)
+    consumed: set[str] = set()
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as reader:
+            for name, leaf in list(module.named_modules()):
+                prefix = f"{name}." if name else ""
+                if isinstance(leaf, Linear) and (prefix + "SCB" in header or prefix + _NF4_STATE_KEY in header):
+                    keys = [prefix + s for s in _QUANTIZED_SUFFIXES if prefix + s in header]
+                    tensors = {k[len(prefix):]: reader.get_tensor(k) for k in keys}
+                    _set_submodule(module, name, quantized_linear_from_tensors(name, tensors, device,
+                                                                               compute_dtype))
+                    consumed.update(keys)
+                    continue
+                _assign_plain_tensors(leaf, prefix, header, reader, device, storage_dtype(precision), path)
+                consumed.update(prefix + k for k, _ in leaf.named_parameters(recurse=False))
+                consumed.update(prefix + k for k, _ in leaf.named_buffers(recurse=False)
+                                if k not in leaf._non_persistent_buffers_set)
+    except (OSError, RuntimeError, ValueError, KeyError) as exc:
+        if isinstance(exc, (BagelCheckpointError, BagelInputError)):
+            raise
+        raise BagelCheckpointError(
+            f"Reading {path} failed ({exc}); the file is probably corrupt: quantize the original folder "
+            f"again with `python -m bagel_model quantize`.") from exc
+    unexpected = sorted(set(header) - consumed)
+    if unexpected:
+        raise BagelCheckpointError(
+            f"{path} holds {len(unexpected)} tensor(s) the model does not have, e.g. {unexpected[:3]}; the "
+            f"JSON configs next to it do not match it. Quantize the original folder again.")
+    return module
+
+
+def _assign_plain_tensors(leaf: nn.Module, prefix: str, header: dict, reader, device: torch.device,
+                          dtype: torch.dtype, path: Path) -> None:
+    params = dict(leaf.named_parameters(recurse=False))
+    buffers = {k: b for k, b in leaf.named_buffers(recurse=False) if k not in leaf._non_persistent_buffers_set}
+    for attr, current in (params | buffers).items():
+        key = prefix + attr
+        if key not in header:
+            raise BagelCheckpointError(
+                f"{path} has no tensor {key}; the file is incomplete. Quantize the original folder again.")
+        if tuple(header[key]["shape"]) != tuple(current.shape):
+            raise BagelCheckpointError(
+                f"{key} in {path} has shape {tuple(header[key]['shape'])} but the configs need "
+                f"{tuple(current.shape)}; the folder mixes files of different models.")
+        tensor = reader.get_tensor(key)
+        if tensor.is_floating_point():
+            tensor = tensor.to(dtype)
+        tensor = tensor.to(device)
+        setattr(leaf, attr, nn.Parameter(tensor, requires_grad=False) if attr in params else tensor)
