@@ -1,0 +1,239 @@
+"""Memory needed by a BAGEL load and by one task, from the configs alone, and a clear refusal when it cannot fit.
+
+Weights are exact byte counts of what the loader keeps resident (checked against measured bytes in
+tests/quant). KV cache and activations are estimates of the peak of one call, built from the sequence lengths
+the task produces (spec §3.6, §6, §9) and the dtypes the runtime uses; they assume attention kernels that do
+not materialise the score matrix (PyTorch SDPA flash / memory-efficient paths on CUDA and CPU).
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from .config import BagelConfig
+from .errors import BagelError, BagelInputError
+from .param_inventory import TensorSpec, autoencoder_parameter_count, bagel_tensors
+from .quantization import NF4_BLOCKSIZE, PRECISIONS, QUANTIZED_PRECISIONS, check_precision, should_quantize
+
+log = logging.getLogger(__name__)
+
+TASKS = ("t2i", "edit", "understand", "think")
+GiB = 1024 ** 3
+_DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4, "nf4": 2, "int8": 2}  # storage of non-quantized tensors
+_AE_BYTES = 4  # the autoencoder stays fp32 whatever the precision (it is 0.3 GB and decodes to pixels)
+_DEFAULT_CFG_BRANCHES = {"t2i": 2, "edit": 3, "understand": 1, "think": 1}
+_SYSTEM_AND_FRAMING_TOKENS = 64  # system prompt (think modes) and <|im_start|>/<|im_end|> markers
+
+
+class BagelMemoryError(BagelError, MemoryError):
+    """The requested precision/task does not fit in the memory of the target device."""
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    precision: str
+    task: str
+    device: str
+    weights_bytes: int
+    kv_cache_bytes: int
+    activation_bytes: int
+    autoencoder_bytes: int
+    details: dict = field(default_factory=dict)
+    total_by_precision: dict = field(default_factory=dict)  # same task, every precision
+
+    @property
+    def total_bytes(self) -> int:
+        return self.weights_bytes + self.kv_cache_bytes + self.activation_bytes
+
+    def summary(self) -> str:
+        return (f"{self.precision} {self.task} on {self.device}: about {self.total_bytes / GiB:.2f} GiB "
+                f"(weights {self.weights_bytes / GiB:.2f} GiB incl. autoencoder "
+                f"{self.autoencoder_bytes / GiB:.2f} GiB, KV cache {self.kv_cache_bytes / GiB:.2f} GiB, "
+                f"activations {self.activation_bytes / GiB:.2f} GiB)")
+
+
+def _quantized_linear_bytes(weight: TensorSpec, precision: str) -> int:
+    if precision == "nf4":  # packed 4-bit + one fp32 absmax per 64-value block + the 16-entry code
+        return math.ceil(weight.numel / 2) + 4 * math.ceil(weight.numel / NF4_BLOCKSIZE) + 64
+    return weight.numel + 4 * weight.shape[0]  # int8 values + one fp32 scale per output row
+
+
+def weight_bytes(config: BagelConfig, precision: str, policy: str = "default",
+                 other_dtype_bytes: int | None = None) -> dict[str, int]:
+    """Resident bytes of the ``Bagel`` weights: ``{"quantized", "full_precision", "total", ...}``.
+
+    ``other_dtype_bytes`` overrides the storage of everything not quantized (the official INT8 mode keeps it
+    in fp32, i.e. 4).
+    """
+    check_precision(precision)
+    other = other_dtype_bytes or _DTYPE_BYTES[precision]
+    quantized = full = quantized_params = 0
+    for spec in bagel_tensors(config):
+        if spec.is_linear_weight and should_quantize(spec.linear, precision, policy):
+            quantized += _quantized_linear_bytes(spec, precision)
+            quantized_params += spec.numel
+        else:
+            full += spec.numel * other
+    return {"quantized": quantized, "full_precision": full, "total": quantized + full,
+            "quantized_params": quantized_params}
+
+
+def official_weight_bytes(config: BagelConfig, precision: str) -> int:
+    """What the official app's mode holds: every Linear quantized; INT8 keeps the rest in fp32 (spec §8)."""
+    if precision not in QUANTIZED_PRECISIONS:
+        return weight_bytes(config, precision)["total"]
+    other = 4 if precision == "int8" else 2
+    return weight_bytes(config, precision, policy="all-linear", other_dtype_bytes=other)["total"]
+
+
+def _vae_size(width: int, height: int, max_side: int, min_side: int = 512, stride: int = 16) -> tuple[int, int]:
+    """Approximate VAE-transform size (spec §5.1 steps 1, 2 and 4) of an input image."""
+    scale = min(max_side / max(width, height), 1.0)
+    scale = max(scale, min_side / min(width, height))
+    w, h = (max(stride, round(v * scale / stride) * stride) for v in (width, height))
+    if max(w, h) > max_side:
+        factor = max_side / max(w, h)
+        w, h = (max(stride, round(v * factor / stride) * stride) for v in (w, h))
+    return w, h
+
+
+def _vit_tokens(config: BagelConfig, width: int, height: int) -> int:
+    patch, side = config.vit.patch_size, config.vit_max_num_patch_per_side
+    scale = min(side * patch / max(width, height), 1.0)
+    return min(side, round(width * scale / patch)) * min(side, round(height * scale / patch))
+
+
+def _context_tokens(config: BagelConfig, task: str, width: int, height: int, input_size, prompt_tokens: int,
+                    generated_tokens: int) -> dict:
+    """Cached tokens per context (spec §6.2-§6.6) and the query length of one denoising forward."""
+    ds = config.latent_downsample
+    prompt = prompt_tokens + _SYSTEM_AND_FRAMING_TOKENS
+    if task in ("edit", "understand"):
+        in_w, in_h = input_size or (width, height)
+        vae_w, vae_h = _vae_size(in_w, in_h, config.max_image_side)
+        vae_block = (vae_w // ds) * (vae_h // ds) + 2 if task == "edit" else 0
+        vit_block = _vit_tokens(config, vae_w, vae_h) + 2
+        images = vae_block + vit_block
+        if task == "edit":
+            width, height = vae_w, vae_h
+    else:
+        images = 0
+    query = (width // ds) * (height // ds) + 2
+    if task == "t2i":
+        contexts = {"gen": prompt + generated_tokens, "cfg_text": 0, "cfg_img": prompt}
+    elif task == "edit":
+        contexts = {"gen": images + prompt + generated_tokens, "cfg_text": images, "cfg_img": prompt}
+    else:  # understand / think: one context, decoding appends to a throw-away copy
+        contexts = {"context": images + prompt, "decode_copy": images + prompt + generated_tokens}
+        query = 0
+    return {"contexts": contexts, "query_tokens": query, "image_size": (width, height)}
+
+
+def _lm_forward_bytes(config: BagelConfig, query: int, keys: int, b: int) -> int:
+    """Peak of one decoder layer over ``query`` new tokens attending to ``keys`` keys (cached + new)."""
+    llm = config.llm
+    hidden, inter, d = llm.hidden_size, llm.intermediate_size, llm.head_dim
+    heads, kv = llm.num_attention_heads, llm.num_key_value_heads
+    residual = 6 * query * hidden * b  # residual, normed input, MoT gather/scatter buffers, attention output
+    qkv = query * (heads + 2 * kv) * d * b + query * (heads + kv) * d * 4  # + fp32 Q/K for QK-norm/RoPE
+    merged_kv = 2 * keys * kv * d * b + 2 * keys * heads * d * b  # merged cache + GQA-repeated K/V for SDPA
+    mlp = 3 * query * inter * b  # gate, up, silu(gate)*up
+    return residual + qkv + merged_kv + mlp
+
+
+def _autoencoder_peak(config: BagelConfig, width: int, height: int) -> int:
+    """Full-resolution feature maps alive at once in a FLUX decoder up-block (fp32)."""
+    return 4 * width * height * config.ae.ch * config.ae.ch_mult[0] * _AE_BYTES
+
+
+def _vit_peak(config: BagelConfig, tokens: int, b: int) -> int:
+    vit = config.vit
+    return tokens * (6 * vit.hidden_size + 2 * vit.intermediate_size) * b + tokens * config.llm.hidden_size * 2 * b
+
+
+def estimate_memory(config: BagelConfig, precision: str, task: str = "t2i", width: int = 1024,
+                    height: int = 1024, input_size: tuple[int, int] | None = None,
+                    cfg_branches: int | None = None, *, device: str = "cuda",
+                    compute_dtype: torch.dtype | None = None, prompt_tokens: int = 128,
+                    generated_tokens: int = 0, policy: str = "default",
+                    _with_alternatives: bool = True) -> MemoryEstimate:
+    """Bytes a ``precision`` load plus one ``task`` call need on ``device``.
+
+    ``input_size`` is the (width, height) of the input image of edit/understand; ``generated_tokens`` the
+    thinking/answer tokens (``max_new_tokens``); ``cfg_branches`` the branches evaluated per denoising step
+    (default 2 for T2I, 3 for edit). Branches run one after another, so they add time, not peak memory;
+    they are recorded for the summary.
+    """
+    check_precision(precision)
+    if task not in TASKS:
+        raise BagelInputError(f"Unknown task {task!r} for the memory estimate; use one of {', '.join(TASKS)}.")
+    if compute_dtype is None:
+        compute_dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    b = torch.empty(0, dtype=compute_dtype).element_size()
+    tokens = _context_tokens(config, task, width, height, input_size, prompt_tokens, generated_tokens)
+    llm = config.llm
+    kv_per_token = 2 * llm.num_hidden_layers * llm.num_key_value_heads * llm.head_dim * b
+    kv_bytes = kv_per_token * sum(tokens["contexts"].values())
+    largest_context = max(tokens["contexts"].values())
+    query = tokens["query_tokens"] or 1
+    lm_peak = _lm_forward_bytes(config, query, largest_context + query, b)
+    logits = llm.vocab_size * 4 * max(1, query if task in ("understand", "think") else 1)
+    w, h = tokens["image_size"]
+    peaks = {"lm_layer": lm_peak + logits}
+    if task in ("t2i", "edit"):
+        peaks["autoencoder"] = _autoencoder_peak(config, w, h)
+    if task in ("edit", "understand"):
+        peaks["vit"] = _vit_peak(config, _vit_tokens(config, *(_vae_size(*(input_size or (w, h)),
+                                                                         config.max_image_side))), b)
+    weights = weight_bytes(config, precision, policy)
+    ae = autoencoder_parameter_count(config.ae) * _AE_BYTES
+    details = {"context_tokens": tokens["contexts"], "query_tokens": tokens["query_tokens"],
+               "kv_bytes_per_token": kv_per_token, "peaks": peaks, "compute_dtype": str(compute_dtype),
+               "cfg_branches": cfg_branches or _DEFAULT_CFG_BRANCHES[task], "weights": weights,
+               "image_size": tokens["image_size"]}
+    alternatives = {}
+    if _with_alternatives:
+        for other in PRECISIONS:
+            alternatives[other] = estimate_memory(
+                config, other, task, width, height, input_size, cfg_branches, device=device,
+                compute_dtype=compute_dtype, prompt_tokens=prompt_tokens, generated_tokens=generated_tokens,
+                policy=policy, _with_alternatives=False).total_bytes
+    return MemoryEstimate(precision, task, str(device), weights["total"] + ae, kv_bytes, max(peaks.values()),
+                          ae, details, alternatives)
+
+
+def available_memory(device: torch.device | str) -> int:
+    """Free bytes on ``device``: CUDA free memory, or the host's available RAM for the CPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def check_fits(estimate: MemoryEstimate, available_bytes: int | None, device: torch.device | str) -> None:
+    """Raises BagelMemoryError with the numbers and a precision that would fit when ``estimate`` does not.
+
+    ``available_bytes`` None measures the free memory of ``device`` now.
+    """
+    if available_bytes is None:
+        available_bytes = available_memory(device)
+    log.info("Memory plan: %s; %.2f GiB free on %s", estimate.summary(), available_bytes / GiB, device)
+    if estimate.total_bytes <= available_bytes:
+        return
+    fitting = [p for p in ("bf16", "int8", "nf4") if estimate.total_by_precision.get(p, math.inf) <= available_bytes]
+    if fitting:
+        advice = (f"precision {fitting[0]!r} would fit (about "
+                  f"{estimate.total_by_precision[fitting[0]] / GiB:.2f} GiB): pass precision={fitting[0]!r} "
+                  f"(CLI --precision {fitting[0]})")
+    else:
+        advice = ("no precision fits this task on this device; free memory (close other programs/models), "
+                  "use a smaller image size, or use a device with more memory")
+    raise BagelMemoryError(
+        f"Not enough memory on {device}: {estimate.summary()} but only {available_bytes / GiB:.2f} GiB is "
+        f"free. {advice}.")
