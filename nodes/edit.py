@@ -22,7 +22,7 @@ def _custom_size_problems(output_size, width, height):
 class BagelMoTEdit:
     DESCRIPTION = (
         "Edits images with an instruction. Each image of the batch is edited on its own with the "
-        "same seed; optional reference images are shown to the model after it."
+        "same seed; optional reference images are shown to the model before it."
     )
     CATEGORY = "BAGEL-MoT"
     RETURN_TYPES = ("IMAGE",)
@@ -75,7 +75,7 @@ class BagelMoTEdit:
         edited = []
         for index, source in enumerate(sources):
             result = pipeline.edit_image(
-                [source, *references], instruction, thinking=plan_or_none(thinking), output_size=size,
+                [*references, source], instruction, thinking=plan_or_none(thinking), output_size=size,
                 seed=seed, callback=progress.callback(index), **core_sampler_kwargs(sampler),
             )
             picture = result.images[0]

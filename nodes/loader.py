@@ -6,11 +6,12 @@ import comfy.model_management as mm
 
 from . import model_folders
 from .download import download_checkpoint
-from .memory_check import PRECISIONS, check_fits
+from .memory_check import check_fits
 from .model_handle import MODEL_TYPE, BagelMoTModel
 
 logger = logging.getLogger(__name__)
 
+PRECISIONS = ("bf16", "fp16", "fp32", "nf4", "int8")
 QUANTIZED = ("nf4", "int8")
 
 

@@ -60,7 +60,7 @@ class BagelMoTUnderstand:
                 [picture], question, think=think, max_new_tokens=max_new_tokens, do_sample=do_sample,
                 temperature=temperature, seed=seed, callback=progress.callback(index),
             )
-            answers.append(result.text)
+            answers.append(result.answer)
             thoughts.append(result.thinking or "")
         return {"ui": {"text": answers}, "result": (answers, thoughts)}
 
@@ -108,7 +108,8 @@ class BagelMoTThink:
                     "Pick one with 'Image From Batch'."
                 )
             references = [] if reference_images is None else image_batch_to_pil(reference_images, "reference_images")
-            images = image_batch_to_pil(image, "image") + references
+            # The core edits (and so plans for) the last image; references come first, as in Edit.
+            images = references + image_batch_to_pil(image, "image")
         elif reference_images is not None:
             raise ValueError("'reference_images' needs 'image' too: connect the image to edit.")
         pipeline = bagel_model.ready_pipeline()
