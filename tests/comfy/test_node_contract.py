@@ -1,0 +1,182 @@
+"""Node contract against the real ComfyUI code: registration, INPUT_TYPES, and node functions run
+directly on a tiny random checkpoint (in this process, without a server)."""
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+FORBIDDEN_IDS = {"BagelModelLoader", "BagelTextToImage", "BagelImageEdit", "BagelImageUnderstanding",
+                 "BagelMultiImageEdit", "BAGELModelLoader", "BAGELTextToImage", "BAGELImageEdit",
+                 "BAGELImageUnderstanding"}
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
+FAST = dict(steps=3, cfg_text_scale=4.0, cfg_img_scale=1.0, cfg_interval_start=0.4, cfg_interval_end=1.0,
+            timestep_shift=3.0, cfg_renorm_min=0.0, cfg_renorm_type="global")
+
+
+@pytest.fixture(scope="module")
+def ours(comfy_nodes):
+    return {name: cls for name, cls in comfy_nodes.NODE_CLASS_MAPPINGS.items() if name.startswith("BagelMoT")}
+
+
+@pytest.fixture(scope="module")
+def model(comfy_nodes, ours, tiny_checkpoint):
+    import folder_paths
+
+    folder_paths.add_model_folder_path("bagel", str(tiny_checkpoint.parent))
+    return ours["BagelMoTModelLoader"]().load(tiny_checkpoint.name, "bf16", False)[0]
+
+
+def pil_to_float(picture):
+    return torch.from_numpy(np.asarray(picture.convert("RGB"), dtype=np.float32) / 255.0)
+
+
+def image_batch(count=1, width=48, height=32):
+    generator = torch.Generator().manual_seed(7)
+    return torch.rand((count, height, width, 3), generator=generator)
+
+
+def test_pack_registers_prefixed_unique_nodes(comfy_nodes, ours):
+    assert set(ours) == {"BagelMoTModelLoader", "BagelMoTTextToImage", "BagelMoTEdit", "BagelMoTUnderstand",
+                         "BagelMoTThink"}
+    assert not FORBIDDEN_IDS & set(comfy_nodes.NODE_CLASS_MAPPINGS.keys()) - set(ours)
+    for name, cls in ours.items():
+        assert comfy_nodes.NODE_DISPLAY_NAME_MAPPINGS[name].startswith("BAGEL-MoT")
+        assert "BAGEL_MODEL" not in cls.RETURN_TYPES
+        assert callable(getattr(cls, cls.FUNCTION))
+        assert len(getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES)) == len(cls.RETURN_TYPES)
+
+
+def _check_spec(node, name, spec):
+    kind, options = spec[0], (spec[1] if len(spec) > 1 else {})
+    where = f"{node}.{name}"
+    if isinstance(kind, list):
+        assert kind and options.get("default", kind[0]) in kind, where
+        return
+    assert isinstance(kind, str) and kind, where
+    if kind in ("INT", "FLOAT") and "default" in options:
+        assert options["min"] <= options["default"] <= options["max"], where
+    if kind in WIDGET_TYPES:
+        assert "default" in options, f"{where} needs a default"
+
+
+def test_input_types_are_valid(ours):
+    for name, cls in ours.items():
+        spec = cls.INPUT_TYPES()
+        assert set(spec) <= {"required", "optional", "hidden"}
+        for section in ("required", "optional"):
+            for input_name, input_spec in spec.get(section, {}).items():
+                _check_spec(name, input_name, input_spec)
+    seed = ours["BagelMoTTextToImage"].INPUT_TYPES()["required"]["seed"][1]
+    assert seed["max"] == 2 ** 64 - 1 and seed["control_after_generate"] is True
+
+
+def test_text_to_image_matches_core_with_same_seed(ours, model):
+    images = ours["BagelMoTTextToImage"]().generate(model, "a red cube", 64, 48, seed=2 ** 64 - 1,
+                                                    batch_size=2, **FAST)[0]
+    assert images.shape == (2, 48, 64, 3) and images.dtype == torch.float32
+    assert 0.0 <= images.min() and images.max() <= 1.0
+    core_kwargs = dict(steps=3, cfg_text_scale=4.0, cfg_img_scale=1.0, cfg_interval=(0.4, 1.0),
+                       timestep_shift=3.0, cfg_renorm_min=0.0, cfg_renorm_type="global")
+    for index, seed in enumerate((2 ** 64 - 1, 0)):  # image k uses seed + k, wrapping at 2**64
+        direct = model.pipeline.generate_image("a red cube", width=64, height=48, seed=seed, **core_kwargs)
+        assert torch.equal(images[index], pil_to_float(direct.images[0]))
+
+
+def test_edit_output_size_modes_and_batch_one_by_one(ours, model):
+    node = ours["BagelMoTEdit"]()
+    sampler = dict(FAST, cfg_img_scale=2.0, cfg_interval_start=0.0, cfg_renorm_type="text_channel")
+    pair = image_batch(2)
+    custom = node.edit(model, pair, "make it blue", "custom", 64, 32, seed=5, **sampler)[0]
+    assert custom.shape == (2, 32, 64, 3)
+    single = node.edit(model, pair[1:], "make it blue", "custom", 64, 32, seed=5, **sampler)[0]
+    assert torch.equal(custom[1], single[0])
+    matched = node.edit(model, pair[:1], "make it blue", "match_input", 16, 16, seed=5, **sampler)[0]
+    assert matched.shape == (1, 32, 48, 3)
+    native = node.edit(model, pair[:1], "make it blue", "native", 16, 16, seed=5, **sampler)[0]
+    assert native.shape[1] % 16 == 0 and native.shape[2] % 16 == 0 and native.shape[1:3] != (32, 48)
+
+
+def test_understand_answers_each_image_and_shows_text(ours, model):
+    result = ours["BagelMoTUnderstand"]().understand(model, image_batch(2), "What is this?", 6, False, 0.3, 0,
+                                                     False)
+    answers, thoughts = result["result"]
+    assert len(answers) == 2 and len(thoughts) == 2
+    assert result["ui"]["text"] == answers and all(isinstance(answer, str) for answer in answers)
+
+
+def test_think_plan_gives_same_image_as_integrated_think(ours, model):
+    plan = ours["BagelMoTThink"]().think(model, "a small house", 8, False, 0.3, 3)["result"][0]
+    assert isinstance(plan, str) and plan
+    via_nodes = ours["BagelMoTTextToImage"]().generate(model, "a small house", 32, 32, seed=3, batch_size=1,
+                                                       thinking=plan, **FAST)[0]
+    integrated = model.pipeline.generate_image(
+        "a small house", width=32, height=32, steps=3, think=True, max_think_tokens=8, seed=3)
+    assert torch.equal(via_nodes[0], pil_to_float(integrated.images[0]))
+
+
+def test_progress_reports_every_step_and_cancel_stops_within_one(ours, model, monkeypatch):
+    import comfy.model_management as mm
+    import comfy.utils
+
+    updates = []
+    monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK", lambda value, total, preview, node_id=None:
+                        updates.append((value, total)))
+    ours["BagelMoTTextToImage"]().generate(model, "a cat", 32, 32, seed=1, batch_size=2, **FAST)
+    assert updates[-1] == (6, 6) and len(updates) == 6
+
+    def interrupt_after_two(value, total, preview, node_id=None):
+        updates.append(value)
+        if len(updates) == 2:
+            mm.interrupt_current_processing(True)
+
+    updates.clear()
+    monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK", interrupt_after_two)
+    with pytest.raises(mm.InterruptProcessingException):
+        ours["BagelMoTTextToImage"]().generate(model, "a cat", 32, 32, seed=1, batch_size=1,
+                                               **dict(FAST, steps=10))
+    assert len(updates) == 2 and not mm.processing_interrupted()
+    assert ours["BagelMoTTextToImage"]().generate(model, "a cat", 32, 32, seed=1, batch_size=1, **FAST)[0].shape[0] == 1
+
+
+def test_model_is_managed_by_comfyui_memory_manager(ours, model):
+    import comfy.model_management as mm
+
+    ours["BagelMoTUnderstand"]().understand(model, image_batch(1), "Hi?", 2, False, 0.3, 0, False)
+    assert model.patcher in mm.loaded_models()
+    mm.unload_all_models()
+    assert model.patcher not in mm.loaded_models()
+    ours["BagelMoTUnderstand"]().understand(model, image_batch(1), "Hi?", 2, False, 0.3, 0, False)
+    assert model.patcher in mm.loaded_models()
+
+
+def test_validation_messages_name_the_input_and_fix(ours, tiny_checkpoint):
+    t2i, edit, loader = ours["BagelMoTTextToImage"], ours["BagelMoTEdit"], ours["BagelMoTModelLoader"]
+    assert "multiples of 16" in t2i.VALIDATE_INPUTS(prompt="x", width=100, height=64)
+    assert "'prompt' is empty" in t2i.VALIDATE_INPUTS(prompt=" ", width=64, height=64)
+    assert "start <= end" in t2i.VALIDATE_INPUTS(prompt="x", cfg_interval_start=0.9, cfg_interval_end=0.1)
+    assert t2i.VALIDATE_INPUTS(prompt=None, width=None, height=None) is True  # linked inputs
+    assert edit.VALIDATE_INPUTS(instruction="x", output_size="native", width=100, height=100) is True
+    assert "width=100" in edit.VALIDATE_INPUTS(instruction="x", output_size="custom", width=100, height=64)
+    assert "was not found" in loader.VALIDATE_INPUTS("missing-model", "bf16", False)
+    assert loader.VALIDATE_INPUTS(tiny_checkpoint.name, "bf16", False) is True
+    with pytest.raises(ValueError, match="batch of 2"):
+        ours["BagelMoTThink"]().think(None, "plan", 4, False, 0.3, 0, image=image_batch(2))
+
+
+def test_loader_refuses_with_numbers_when_memory_cannot_fit(ours, tiny_checkpoint, monkeypatch):
+    import comfy.model_management as mm
+
+    monkeypatch.setattr(mm, "get_total_memory", lambda *args, **kwargs: 1024)
+    with pytest.raises(ValueError, match=r"needs about .* GiB .* has 0\.0 GiB in total"):
+        ours["BagelMoTModelLoader"]().load(tiny_checkpoint.name, "bf16", False)
+
+
+def test_download_is_opt_in_and_explains_missing_huggingface_hub(ours, monkeypatch):
+    loader = ours["BagelMoTModelLoader"]
+    assert "was not found" in loader.VALIDATE_INPUTS("BAGEL-7B-MoT", "bf16", False)
+    assert loader.VALIDATE_INPUTS("BAGEL-7B-MoT", "bf16", True) is True
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)
+    download = sys.modules[loader.__module__.rsplit(".", 1)[0] + ".download"]
+    with pytest.raises(RuntimeError, match="pip install huggingface_hub"):
+        download.download_checkpoint("/nonexistent/target")

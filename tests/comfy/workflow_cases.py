@@ -1,0 +1,37 @@
+"""The bundled workflows and the small settings that make them run in seconds on a tiny checkpoint."""
+import json
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+WORKFLOW_DIR = REPO_ROOT / "workflows"
+WORKFLOW_NAMES = sorted(path.stem for path in WORKFLOW_DIR.glob("*.json"))
+
+# Widget values lowered for speed; everything else runs as shipped.
+FAST_WIDGETS = {"steps": 3, "width": 64, "height": 64, "max_new_tokens": 8, "max_think_tokens": 8}
+
+# Sizes the SaveImage nodes must produce with FAST_WIDGETS and the 96x64 example image:
+# text-to-image honours width x height; edit "native" follows BAGEL's resize rule
+# (a 3:2 input becomes 768x512, bagel-spec §5.2); "match_input" returns the input size
+# (the chain workflow scales the input to 512x512 first and batches before/after).
+EXPECTED_IMAGE_SIZES = {
+    "bagel_mot_text_to_image": [(64, 64)],
+    "bagel_mot_think_then_generate": [(64, 64)],
+    "bagel_mot_image_edit": [(768, 512)],
+    "bagel_mot_edit_before_after": [(512, 512), (512, 512)],
+    "bagel_mot_understand_image": [],
+}
+TEXT_NODE_TYPES = {"BagelMoTUnderstand", "BagelMoTThink"}
+
+
+def load_workflow(name: str) -> dict:
+    return json.loads((WORKFLOW_DIR / f"{name}.json").read_text())
+
+
+def make_fast(prompt: dict) -> dict:
+    """Lowers steps/sizes/token budgets of the pack's nodes in an API prompt (in place)."""
+    for node in prompt.values():
+        if node["class_type"].startswith("BagelMoT"):
+            for name, value in FAST_WIDGETS.items():
+                if name in node["inputs"] and not isinstance(node["inputs"][name], list):
+                    node["inputs"][name] = value
+    return prompt
