@@ -237,3 +237,31 @@ def check_fits(estimate: MemoryEstimate, available_bytes: int | None, device: to
     raise BagelMemoryError(
         f"Not enough memory on {device}: {estimate.summary()} but only {available_bytes / GiB:.2f} GiB is "
         f"free. {advice}.")
+
+
+def _weight_tensors(module: torch.nn.Module):
+    """Every tensor a module keeps for its weights, quantization statistics included."""
+    for sub in module.modules():
+        yield from sub.parameters(recurse=False)
+        yield from sub.buffers(recurse=False)
+        weight = getattr(sub, "weight", None)
+        state = getattr(weight, "quant_state", None)  # NF4: absmax and the 16-entry code
+        if state is not None:
+            yield from (t for t in (state.absmax, state.code) if isinstance(t, torch.Tensor))
+        for holder in (weight, getattr(sub, "state", None)):  # INT8: row scales, on the weight or the state
+            scb = getattr(holder, "SCB", None)
+            if isinstance(scb, torch.Tensor):
+                yield scb
+
+
+def measured_weight_bytes(module: torch.nn.Module) -> int:
+    """Bytes actually held by ``module``'s weights (shared storages counted once); compare with weight_bytes."""
+    seen, total = set(), 0
+    for tensor in _weight_tensors(module):
+        if tensor.device.type == "meta":
+            continue
+        key = (tensor.device, tensor.untyped_storage().data_ptr())
+        if key not in seen:
+            seen.add(key)
+            total += tensor.untyped_storage().nbytes()
+    return total

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import BagelInputError
+from .model.ops import reduces_in_fp32
 
 RENORM_TYPES = ("global", "channel", "text_channel")
 
@@ -53,9 +54,11 @@ def _mix(base: torch.Tensor, target: torch.Tensor, scale: float) -> torch.Tensor
 
 
 def _norm(x: torch.Tensor, dim=None) -> torch.Tensor:
+    """Vector norm in the official autocast dtype (fp32 on GPUs; the input dtype on CPUs)."""
+    x = x.float() if reduces_in_fp32(x) else x
     if dim is None:
-        return torch.linalg.vector_norm(x.float())
-    return torch.linalg.vector_norm(x.float(), dim=dim, keepdim=True)
+        return torch.linalg.vector_norm(x)
+    return torch.linalg.vector_norm(x, dim=dim, keepdim=True)
 
 
 def combine_cfg(v: torch.Tensor, v_text: torch.Tensor | None, v_img: torch.Tensor | None,
@@ -69,7 +72,7 @@ def combine_cfg(v: torch.Tensor, v_text: torch.Tensor | None, v_img: torch.Tenso
     if renorm_type == "text_channel":
         guided = _mix(v_text, v, text_scale)
         k = torch.clamp(_norm(v, -1) / (_norm(guided, -1) + 1e-8), min=renorm_min, max=1.0)
-        guided = guided * k  # fp32 from here on
+        guided = guided * k  # fp32 from here on when the norms are fp32
         return _mix(v_img, guided, img_scale) if img_scale > 1.0 else guided
     guided = _mix(v_text, v, text_scale)
     if img_scale > 1.0:
@@ -78,7 +81,7 @@ def combine_cfg(v: torch.Tensor, v_text: torch.Tensor | None, v_img: torch.Tenso
         k = torch.clamp(_norm(v) / (_norm(guided) + 1e-8), min=renorm_min, max=1.0)
         return guided * k.to(guided.dtype)  # stays in the compute dtype, with a rounded scale
     k = torch.clamp(_norm(v, -1) / (_norm(guided, -1) + 1e-8), min=renorm_min, max=1.0)
-    return guided * k  # "channel": fp32
+    return guided * k  # "channel": fp32 when the norms are fp32
 
 
 def euler_step(x: torch.Tensor, v: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:

@@ -50,11 +50,22 @@ class RMSNorm(nn.Module):
         return rms_norm(x, self.weight.to(x.dtype), self.eps)
 
 
+def reduces_in_fp32(x: torch.Tensor) -> bool:
+    """Whether the official code's autocast runs LayerNorm / vector norms of ``x`` in fp32.
+
+    CUDA autocast promotes them to fp32; CPU autocast keeps the input dtype. Mirroring both keeps our results
+    closest to the official implementation on each device type (identical when computing in fp32).
+    """
+    return x.device.type != "cpu"
+
+
 class LayerNorm(nn.LayerNorm):
-    """LayerNorm evaluated in fp32 with an fp32 result, as autocast does (SigLIP norms)."""
+    """SigLIP LayerNorm with the official autocast dtype: fp32 result on GPUs, input dtype on CPUs."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x.float(), self.normalized_shape, self.weight.float(), self.bias.float(), self.eps)
+        dtype = torch.float32 if reduces_in_fp32(x) else x.dtype
+        return F.layer_norm(x.to(dtype), self.normalized_shape, self.weight.to(dtype), self.bias.to(dtype),
+                            self.eps)
 
 
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:

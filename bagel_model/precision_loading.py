@@ -1,0 +1,88 @@
+"""Loads a BAGEL folder in a given precision: checks first (bitsandbytes, memory), then streams the weights.
+
+Order matters for "nothing half-loaded, no surprise": everything that can be refused from the configs and the
+installed packages is refused before the first tensor is read. Then the weights are either streamed from
+``ema.safetensors`` (quantizing the policy's Linears on the target device as they arrive) or, for a
+pre-quantized folder, read as stored.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from .config import AE_FILE, WEIGHTS_FILE, BagelConfig
+from .errors import BagelCheckpointError, BagelInputError
+from .loading import build_skeleton, load_bagel, load_module_weights
+from .memory import GiB, MemoryEstimate, check_fits, estimate_memory
+from .quantization import (QUANTIZED_PRECISIONS, check_precision, import_bitsandbytes, linear_factory,
+                           probe_device, storage_dtype)
+from .quantized_checkpoint import load_prequantized_weights, read_marker
+
+log = logging.getLogger(__name__)
+
+
+def _log_plan(folder: Path, precision: str, device: torch.device, estimate: MemoryEstimate, source: Path) -> None:
+    weights = estimate.details["weights"]
+    if precision in QUANTIZED_PRECISIONS:
+        log.info("Loading %s to %s: %.2f GiB of Linears as %s (bitsandbytes), %.2f GiB of other tensors as %s, "
+                 "autoencoder %.2f GiB fp32", source, device, weights["quantized"] / GiB, precision,
+                 weights["full_precision"] / GiB, storage_dtype(precision), estimate.autoencoder_bytes / GiB)
+    else:
+        log.info("Loading %s to %s: %.2f GiB of weights as %s, autoencoder %.2f GiB fp32", source, device,
+                 weights["total"] / GiB, precision, estimate.autoencoder_bytes / GiB)
+    log.info("Memory plan for a 1024x1024 text-to-image call: %s", estimate.summary())
+
+
+def _check_folder_precision(folder: Path, precision: str) -> dict | None:
+    marker = read_marker(folder)
+    if marker is not None and marker["precision"] != precision:
+        raise BagelInputError(
+            f"{folder} is a pre-quantized {marker['precision']} folder; load it with "
+            f"precision={marker['precision']!r}, or load the original BAGEL folder to use {precision}.")
+    if marker is None and not (folder / WEIGHTS_FILE).is_file():
+        raise BagelCheckpointError(
+            f"{WEIGHTS_FILE} is missing in the model folder {folder}. Download ByteDance-Seed/BAGEL-7B-MoT "
+            f"completely (about 29 GB) into this folder, or choose another folder.")
+    return marker
+
+
+def load_with_precision(folder: str | Path, precision: str, device: torch.device, compute_dtype: torch.dtype,
+                        *, policy: str = "default", available_bytes: int | None = None,
+                        check_memory: bool = True):
+    """Returns ``(config, bagel, autoencoder)`` loaded on ``device`` in ``precision``.
+
+    ``available_bytes`` is the memory budget for the fit check (None: measured free memory of ``device``);
+    ``check_memory=False`` skips the refusal (the plan is still logged).
+    """
+    folder = Path(folder)
+    check_precision(precision)
+    if not folder.is_dir():
+        raise BagelCheckpointError(f"Model folder {folder} does not exist.")
+    marker = _check_folder_precision(folder, precision)
+    if precision in QUANTIZED_PRECISIONS:
+        import_bitsandbytes(precision)
+        probe_device(precision, device, compute_dtype)
+    config = BagelConfig.from_folder(folder)
+    estimate = estimate_memory(config, precision, device=str(device), compute_dtype=compute_dtype,
+                               policy=policy if marker is None else marker.get("policy", policy))
+    source = folder / (marker["weights_file"] if marker else WEIGHTS_FILE)
+    _log_plan(folder, precision, device, estimate, source)
+    if check_memory:
+        check_fits(estimate, available_bytes, device)
+    start = time.perf_counter()
+    if marker is None:
+        factory = linear_factory(precision, compute_dtype, policy) if precision in QUANTIZED_PRECISIONS else None
+        config, model, vae = load_bagel(folder, device, storage_dtype(precision), factory)
+    else:
+        if not (folder / AE_FILE).is_file():
+            raise BagelCheckpointError(f"{AE_FILE} is missing in the pre-quantized folder {folder}; copy it "
+                                       f"from the original BAGEL folder.")
+        model, vae = build_skeleton(config)
+        load_prequantized_weights(model, source, device, precision, compute_dtype)
+        load_module_weights(vae, folder / AE_FILE, device, torch.float32)
+        model, vae = model.eval(), vae.eval()
+    log.info("Weights of %s resident on %s after %.1f s", folder, device, time.perf_counter() - start)
+    return config, model, vae
