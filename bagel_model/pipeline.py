@@ -11,11 +11,13 @@ from PIL import Image
 
 from .conditioning import Conditioning, ConditioningBuilder
 from .denoise import denoise
-from .devices import DTYPES, resolve_compute_dtype, resolve_device
+from .devices import resolve_compute_dtype, resolve_device
 from .errors import BagelInputError
 from .framing import GEN_THINK_SYSTEM_PROMPT, VLM_THINK_SYSTEM_PROMPT, SpecialIds, extract_generated_text
 from .images import to_pil, unpatchify_latent
-from .loading import load_bagel
+from .precision_loading import load_with_precision
+from .quantization import check_precision
+from .quantized_checkpoint import save_quantized
 from .model.autoencoder import AutoEncoder
 from .model.bagel import Bagel
 from .model.ops import set_compute_dtype
@@ -64,17 +66,26 @@ class BagelPipeline:
 
     @classmethod
     def from_pretrained(cls, path: str | Path, precision: str = "bf16", device: str = "auto",
-                        compute_dtype: str = "auto") -> "BagelPipeline":
+                        compute_dtype: str = "auto", *, available_memory: int | None = None,
+                        check_memory: bool = True) -> "BagelPipeline":
+        """``precision``: bf16, fp16, fp32, nf4, int8 (see quantization.py); a pre-quantized folder loads
+        directly. ``available_memory`` (bytes, None = measured free memory) bounds the fit check."""
         target = resolve_device(device)
-        if precision not in DTYPES:
-            raise BagelInputError(f"precision {precision!r} is not one of {sorted(DTYPES)}.")
+        check_precision(precision)
         cdtype = resolve_compute_dtype(compute_dtype, target)
         start = time.perf_counter()
-        _, model, vae = load_bagel(path, target, DTYPES[precision])
-        tokenizer = Qwen2Tokenizer.from_folder(path)
+        tokenizer = Qwen2Tokenizer.from_folder(path)  # cheap: a missing file fails before the big read
+        _, model, vae = load_with_precision(path, precision, target, cdtype, available_bytes=available_memory,
+                                            check_memory=check_memory)
         log.info("Loaded %s (%s weights, %s compute, %s) in %.1f s", path, precision, cdtype, target,
                  time.perf_counter() - start)
-        return cls(model, vae, tokenizer, cdtype, Path(path))
+        pipe = cls(model, vae, tokenizer, cdtype, Path(path))
+        pipe.precision = precision
+        return pipe
+
+    def save_quantized(self, out_dir: str | Path) -> Path:
+        """Writes a pre-quantized folder of this nf4/int8 pipeline that loads without re-quantizing."""
+        return save_quantized(self.model.bagel, self.source, out_dir, getattr(self, "precision", "bf16"))
 
     @property
     def device(self) -> torch.device:
