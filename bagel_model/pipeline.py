@@ -12,7 +12,7 @@ from PIL import Image
 from .conditioning import Conditioning, ConditioningBuilder
 from .denoise import denoise
 from .devices import resolve_compute_dtype, resolve_device
-from .errors import BagelInputError
+from .errors import BagelCheckpointError, BagelInputError
 from .framing import GEN_THINK_SYSTEM_PROMPT, VLM_THINK_SYSTEM_PROMPT, SpecialIds, extract_generated_text
 from .images import to_pil, unpatchify_latent
 from .precision_loading import load_with_precision
@@ -70,6 +70,9 @@ class BagelPipeline:
                         check_memory: bool = True) -> "BagelPipeline":
         """``precision``: bf16, fp16, fp32, nf4, int8 (see quantization.py); a pre-quantized folder loads
         directly. ``available_memory`` (bytes, None = measured free memory) bounds the fit check."""
+        if not Path(path).is_dir():
+            raise BagelCheckpointError(
+                f"Model folder {path} does not exist. Put the BAGEL-7B-MoT files there or pass another folder.")
         target = resolve_device(device)
         check_precision(precision)
         cdtype = resolve_compute_dtype(compute_dtype, target)

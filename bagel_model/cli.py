@@ -1,0 +1,159 @@
+"""Command line: ``python -m bagel_model {understand,generate,edit,think,make-test-checkpoint} ...``."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from .errors import BagelError
+from .pipeline import EDIT_DEFAULTS, GENERATE_DEFAULTS, BagelPipeline, BagelResult
+
+log = logging.getLogger("bagel_model")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="BAGEL checkpoint folder")
+    parser.add_argument("--precision", default="bf16", help="weight precision: bf16, fp16, fp32, nf4, int8")
+    parser.add_argument("--compute-dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", help="write a JSON summary here")
+
+
+def _sampler(parser: argparse.ArgumentParser, defaults) -> None:
+    parser.add_argument("--steps", type=int, default=defaults.steps, help="official num_timesteps")
+    parser.add_argument("--cfg-text-scale", type=float, default=defaults.cfg_text_scale)
+    parser.add_argument("--cfg-img-scale", type=float, default=defaults.cfg_img_scale)
+    parser.add_argument("--cfg-interval", type=float, nargs=2, default=list(defaults.cfg_interval))
+    parser.add_argument("--timestep-shift", type=float, default=defaults.timestep_shift)
+    parser.add_argument("--cfg-renorm-min", type=float, default=defaults.cfg_renorm_min)
+    parser.add_argument("--cfg-renorm-type", default=defaults.cfg_renorm_type,
+                        choices=["global", "channel", "text_channel"])
+    parser.add_argument("--think", action="store_true", help="write a plan before the image")
+    parser.add_argument("--max-think-tokens", type=int, default=1000, help="new tokens of the plan")
+    parser.add_argument("--out", required=True, help="output PNG")
+    parser.add_argument("--save-latent", help="safetensors file for the final latent (decoder input)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bagel_model", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    und = sub.add_parser("understand", help="image(s) + question -> text")
+    _common(und)
+    und.add_argument("--image", action="append", required=True)
+    und.add_argument("--prompt", required=True)
+    und.add_argument("--think", action="store_true")
+    und.add_argument("--max-new-tokens", type=int, default=512)
+    und.add_argument("--do-sample", action="store_true")
+    und.add_argument("--temperature", type=float, default=0.3)
+    gen = sub.add_parser("generate", help="text -> image")
+    _common(gen)
+    _sampler(gen, GENERATE_DEFAULTS)
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--width", type=int, default=1024)
+    gen.add_argument("--height", type=int, default=1024)
+    edit = sub.add_parser("edit", help="image + instruction -> image")
+    _common(edit)
+    _sampler(edit, EDIT_DEFAULTS)
+    edit.add_argument("--image", action="append", required=True)
+    edit.add_argument("--prompt", required=True)
+    think = sub.add_parser("think", help="prompt (+ image) -> the plan written before generating/editing")
+    _common(think)
+    think.add_argument("--prompt", required=True)
+    think.add_argument("--image", action="append")
+    think.add_argument("--max-think-tokens", type=int, default=1000)
+    make = sub.add_parser("make-test-checkpoint", help="write a random checkpoint in the real layout")
+    make.add_argument("out_dir")
+    make.add_argument("--preset", default="tiny", choices=["tiny", "small"])
+    make.add_argument("--seed", type=int, default=0)
+    make.add_argument("--tokenizer", help="folder with the Qwen2.5 vocab.json/merges.txt to copy")
+    return parser
+
+
+def _open_images(paths: list[str] | None):
+    from PIL import Image, UnidentifiedImageError
+
+    from .errors import BagelInputError
+
+    images = []
+    for path in paths or []:
+        try:
+            with Image.open(path) as img:
+                img.load()
+                images.append(img.copy())
+        except (OSError, UnidentifiedImageError) as exc:
+            raise BagelInputError(f"Cannot read image {path}: {exc}. Give a PNG/JPEG/WebP file.") from exc
+    return images
+
+
+def _sampler_kwargs(args) -> dict:
+    return dict(steps=args.steps, cfg_text_scale=args.cfg_text_scale, cfg_img_scale=args.cfg_img_scale,
+                cfg_interval=tuple(args.cfg_interval), timestep_shift=args.timestep_shift,
+                cfg_renorm_min=args.cfg_renorm_min, cfg_renorm_type=args.cfg_renorm_type, think=args.think,
+                max_think_tokens=args.max_think_tokens, seed=args.seed)
+
+
+def _run(args) -> BagelResult:
+    pipe = BagelPipeline.from_pretrained(args.model, precision=args.precision, device=args.device,
+                                         compute_dtype=args.compute_dtype)
+    if args.command == "understand":
+        return pipe.understand(_open_images(args.image), args.prompt, think=args.think,
+                               max_new_tokens=args.max_new_tokens, do_sample=args.do_sample,
+                               temperature=args.temperature, seed=args.seed)
+    if args.command == "generate":
+        return pipe.generate_image(args.prompt, width=args.width, height=args.height, **_sampler_kwargs(args))
+    if args.command == "edit":
+        return pipe.edit_image(_open_images(args.image), args.prompt, **_sampler_kwargs(args))
+    return pipe.think(args.prompt, images=_open_images(args.image), max_think_tokens=args.max_think_tokens,
+                      seed=args.seed)
+
+
+def _write_outputs(args, result: BagelResult, seconds: float) -> None:
+    out = getattr(args, "out", None)
+    if out and result.images:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        result.images[0].save(out)
+    if getattr(args, "save_latent", None) and result.latents:
+        from safetensors.torch import save_file
+
+        save_file({"latent": result.latents[0].float().contiguous()}, args.save_latent)
+    if args.json:
+        image = result.images[0] if result.images else None
+        summary = {"text": result.text, "thinking": result.thinking, "token_ids": result.token_ids,
+                   "image": str(out) if image is not None else None,
+                   "width": image.width if image else None, "height": image.height if image else None,
+                   "seconds": round(seconds, 3), "peak_rss_mb": round(peak_rss_mb(), 1)}
+        Path(args.json).write_text(json.dumps(summary, ensure_ascii=False, indent=2), encoding="utf-8")
+
+
+def peak_rss_mb() -> float:
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024 if sys.platform != "darwin" else peak / 2 ** 20
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "make-test-checkpoint":
+            from .testing import make_test_checkpoint
+
+            path = make_test_checkpoint(args.out_dir, args.preset, args.seed, args.tokenizer)
+            sys.stdout.write(f"{path}\n")
+            return 0
+        start = time.perf_counter()
+        result = _run(args)
+        _write_outputs(args, result, time.perf_counter() - start)
+    except BagelError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+    if result.text:
+        sys.stdout.write(result.text + "\n")
+    return 0
