@@ -7,7 +7,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from comfy_api import ComfyClient
+from comfy_http import ComfyClient
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PACK_FOLDER_NAME = "ComfyUI-BagelMoT"

@@ -12,6 +12,8 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT / "tools"))
+if str(REPO_ROOT) not in sys.path:  # for `import bagel_model` when pytest is not started from the root
+    sys.path.append(str(REPO_ROOT))
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -39,6 +41,9 @@ def comfyui_path() -> Path:
 @pytest.fixture(scope="session")
 def comfy_nodes(comfyui_path):
     """ComfyUI's nodes.py with this pack loaded through ComfyUI's own custom-node loader."""
+    from comfy.cli_args import args
+
+    args.cpu = True  # as `main.py --cpu`; must be set before comfy.model_management is imported
     import nodes
 
     assert Path(nodes.__file__).resolve().parent == comfyui_path, f"wrong 'nodes' module: {nodes.__file__}"

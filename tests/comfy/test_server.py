@@ -5,7 +5,7 @@ import time
 import pytest
 from PIL import Image
 
-from comfy_api import history_messages, ui_to_api
+from comfy_http import history_messages, ui_to_api
 from comfy_server import EXTRA_MODEL_NAME, MAIN_MODEL_NAME, PACK_FOLDER_NAME
 from workflow_cases import EXPECTED_IMAGE_SIZES, TEXT_NODE_TYPES, WORKFLOW_NAMES, load_workflow, make_fast
 from ws_events import WsEvents
