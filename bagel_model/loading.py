@@ -62,21 +62,25 @@ def load_module_weights(module: nn.Module, path: Path, device: torch.device, dty
     header = read_header(path)
     check_keys(module, header, path)
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as reader:
-            for name, leaf in list(module.named_modules()):
-                own = dict(leaf.named_parameters(recurse=False)) | dict(leaf.named_buffers(recurse=False))
-                persistent = {k: v for k, v in own.items() if _key(name, k) in header}
-                if not persistent:
-                    continue
+        for name, leaf in list(module.named_modules()):
+            own = dict(leaf.named_parameters(recurse=False)) | dict(leaf.named_buffers(recurse=False))
+            persistent = {k: v for k, v in own.items() if _key(name, k) in header}
+            if not persistent:
+                continue
+            # One mapping per module: get_tensor returns views into a private mapping of the whole file and
+            # every page read stays resident while the mapping lives, so a single mapping for the whole load
+            # would grow the host RSS to the file size (29 GB) even when the weights go to a GPU or get
+            # quantized. Closing it after each module keeps the host footprint at one module's tensors.
+            with safe_open(str(path), framework="pt", device="cpu") as reader:
                 tensors = {k: _convert(reader.get_tensor(_key(name, k)), device, dtype) for k in persistent}
-                replacement = linear_factory(name, leaf, tensors) if linear_factory else None
-                if replacement is not None:
-                    _set_submodule(module, name, replacement)
-                    continue
-                for attr, tensor in tensors.items():
-                    requires_grad = False
-                    setattr(leaf, attr, nn.Parameter(tensor, requires_grad=requires_grad)
-                            if attr in dict(leaf.named_parameters(recurse=False)) else tensor)
+            replacement = linear_factory(name, leaf, tensors) if linear_factory else None
+            if replacement is not None:
+                _set_submodule(module, name, replacement)
+                continue
+            for attr, tensor in tensors.items():
+                requires_grad = False
+                setattr(leaf, attr, nn.Parameter(tensor, requires_grad=requires_grad)
+                        if attr in dict(leaf.named_parameters(recurse=False)) else tensor)
     except (OSError, RuntimeError, ValueError) as exc:
         if isinstance(exc, BagelCheckpointError):
             raise
@@ -91,9 +95,12 @@ def _key(module_name: str, attr: str) -> str:
 
 
 def _convert(tensor: torch.Tensor, device: torch.device, dtype: torch.dtype | None) -> torch.Tensor:
+    mapped = tensor
     if dtype is not None and tensor.is_floating_point():
         tensor = tensor.to(dtype)
-    return tensor.to(device)
+    tensor = tensor.to(device)
+    # Still a view into the file mapping (same dtype, CPU target): own the bytes so the mapping can close.
+    return tensor.clone() if tensor is mapped else tensor
 
 
 def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:

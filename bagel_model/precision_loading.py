@@ -7,6 +7,7 @@ pre-quantized folder, read as stored.
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 import time
 from pathlib import Path
@@ -84,5 +85,14 @@ def load_with_precision(folder: str | Path, precision: str, device: torch.device
         load_prequantized_weights(model, source, device, precision, compute_dtype)
         load_module_weights(vae, folder / AE_FILE, device, torch.float32)
         model, vae = model.eval(), vae.eval()
+    _return_freed_heap_to_os()
     log.info("Weights of %s resident on %s after %.1f s", folder, device, time.perf_counter() - start)
     return config, model, vae
+
+
+def _return_freed_heap_to_os() -> None:
+    """Hands the loader's freed temporaries back to the OS (glibc keeps them mapped otherwise)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl): nothing to do
+        pass

@@ -169,6 +169,47 @@ def is_quantized_linear(module: nn.Module) -> bool:
     return isinstance(module, (nf4_cls, int8_cls))
 
 
+# bitsandbytes' CPU quantizers make ~17 bytes of temporaries per value (fp32 copy, scaled values, int32
+# bucket ids); for a 68 M-value decoder MLP weight that is 1.1 GB at once, and the freed blocks fragment the
+# heap. Quantizing slices of this many values gives the same bytes (NF4 blocks and INT8 rows are
+# independent) with ~70 MB of temporaries.
+_CPU_CHUNK_VALUES = 1 << 22
+
+
+def _nf4_param_cpu(bnb, weight: torch.Tensor, module: nn.Module):
+    """NF4 ``Params4bit`` of ``weight`` quantized slice by slice; equal to ``Params4bit._quantize("cpu")``."""
+    flat = weight.reshape(-1)
+    total = flat.numel()
+    step = max(NF4_BLOCKSIZE, _CPU_CHUNK_VALUES // NF4_BLOCKSIZE * NF4_BLOCKSIZE)  # whole blocks, even length
+    packed = torch.empty(((total + 1) // 2, 1), dtype=torch.uint8)
+    absmax = torch.empty(-(-total // NF4_BLOCKSIZE), dtype=torch.float32)
+    for start in range(0, total, step):
+        chunk_packed, chunk_state = bnb.functional.quantize_4bit(
+            flat[start:start + step].contiguous(), blocksize=NF4_BLOCKSIZE, compress_statistics=False,
+            quant_type="nf4")
+        packed[start // 2:start // 2 + chunk_packed.shape[0]] = chunk_packed
+        absmax[start // NF4_BLOCKSIZE:start // NF4_BLOCKSIZE + chunk_state.absmax.numel()] = chunk_state.absmax
+    state = bnb.functional.QuantState(absmax=absmax, shape=weight.shape, code=chunk_state.code,
+                                      blocksize=NF4_BLOCKSIZE, quant_type="nf4", dtype=weight.dtype)
+    module.quant_state = state
+    return bnb.nn.Params4bit(packed, requires_grad=False, quant_state=state, blocksize=NF4_BLOCKSIZE,
+                             compress_statistics=False, quant_type="nf4", module=module, bnb_quantized=True)
+
+
+def _int8_param_cpu(bnb, weight: torch.Tensor):
+    """INT8 ``Int8Params`` of ``weight`` quantized rows at a time; equal to ``Int8Params._quantize("cpu")``."""
+    out_features, in_features = weight.shape
+    rows = max(1, _CPU_CHUNK_VALUES // in_features)
+    values = torch.empty(out_features, in_features, dtype=torch.int8)
+    scales = torch.empty(out_features, dtype=torch.float32)
+    for start in range(0, out_features, rows):
+        chunk_values, chunk_scales, _ = bnb.functional.int8_vectorwise_quant(
+            weight[start:start + rows].contiguous().to(torch.float16))
+        values[start:start + rows] = chunk_values
+        scales[start:start + rows] = chunk_scales
+    return bnb.nn.Int8Params(values, requires_grad=False, has_fp16_weights=False, CB=values, SCB=scales)
+
+
 def make_quantized_linear(name: str, weight: torch.Tensor, bias: torch.Tensor | None, precision: str,
                           device: torch.device | str, compute_dtype: torch.dtype) -> nn.Module:
     """Quantizes one Linear's (weight, bias) on ``device`` and returns the bitsandbytes module.
@@ -185,15 +226,21 @@ def make_quantized_linear(name: str, weight: torch.Tensor, bias: torch.Tensor | 
         if precision == "nf4":
             module = nf4_cls(in_features, out_features, bias=False, compute_dtype=compute_dtype,
                              compress_statistics=False, quant_type="nf4", device="meta")
-            param = bnb.nn.Params4bit(weight, requires_grad=False, blocksize=NF4_BLOCKSIZE,
-                                      compress_statistics=False, quant_type="nf4", module=module)
-            module.weight = param._quantize(device)
+            if device.type == "cpu":
+                module.weight = _nf4_param_cpu(bnb, weight, module)
+            else:
+                param = bnb.nn.Params4bit(weight, requires_grad=False, blocksize=NF4_BLOCKSIZE,
+                                          compress_statistics=False, quant_type="nf4", module=module)
+                module.weight = param._quantize(device)
         elif precision == "int8":
             module = int8_cls(in_features, out_features, bias=False, has_fp16_weights=False,
                               threshold=INT8_OUTLIER_THRESHOLD, device="meta")
             module.compute_dtype = compute_dtype
-            param = bnb.nn.Int8Params(weight, requires_grad=False, has_fp16_weights=False)
-            module.weight = param._quantize(device)
+            if device.type == "cpu":
+                module.weight = _int8_param_cpu(bnb, weight)
+            else:
+                param = bnb.nn.Int8Params(weight, requires_grad=False, has_fp16_weights=False)
+                module.weight = param._quantize(device)
         else:
             raise BagelInputError(f"make_quantized_linear got precision {precision!r}; only nf4/int8 quantize.")
     except (RuntimeError, NotImplementedError) as exc:
