@@ -1,0 +1,100 @@
+"""Runs a bundled workflow end to end on a ComfyUI started just for it, and prints the outputs.
+
+With no BAGEL weights in models/bagel it first writes a small random demo checkpoint to
+models/bagel/BAGEL-demo-random (never under the real model's name) and runs on that; the images
+are noise-like, which shows the plumbing works. Usage (from the pack folder inside custom_nodes):
+    python tools/run_demo.py --comfyui ../.. [--workflow bagel_mot_text_to_image]
+"""
+import argparse
+import json
+import logging
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from comfy_http import ComfyClient, ui_to_api
+
+PACK_ROOT = Path(__file__).resolve().parents[1]
+DEMO_FOLDER = "BAGEL-demo-random"
+REAL_WEIGHTS_FILE = "ema.safetensors"
+DEMO_SETTINGS = {"width": 256, "height": 256, "steps": 20}  # keeps a CPU demo to about a minute
+
+logger = logging.getLogger("run_demo")
+
+
+def real_checkpoint(models_bagel: Path) -> str | None:
+    for folder in sorted(models_bagel.iterdir()) if models_bagel.is_dir() else []:
+        if folder.name != DEMO_FOLDER and (folder / REAL_WEIGHTS_FILE).is_file():
+            return folder.name
+    return None
+
+
+def ensure_demo_checkpoint(models_bagel: Path) -> str:
+    target = models_bagel / DEMO_FOLDER
+    if not (target / "llm_config.json").is_file():
+        sys.path.insert(0, str(PACK_ROOT))
+        from bagel_model import make_test_checkpoint
+
+        logger.info("No BAGEL weights found; writing a random demo checkpoint to %s", target)
+        make_test_checkpoint(str(target), preset="small")
+    return DEMO_FOLDER
+
+
+def start_comfyui(comfyui: Path, log_path: Path):
+    import torch
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "main.py", "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch"]
+    if not torch.cuda.is_available():
+        command.append("--cpu")
+    log = open(log_path, "w")
+    process = subprocess.Popen(command, cwd=comfyui, stdout=log, stderr=subprocess.STDOUT)
+    client = ComfyClient(f"http://127.0.0.1:{port}")
+    client.wait_until_ready(process=process)
+    return process, client
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--comfyui", type=Path, required=True, help="ComfyUI folder (the one with main.py)")
+    parser.add_argument("--workflow", default="bagel_mot_text_to_image", help="a file name in workflows/")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    comfyui = args.comfyui.resolve()
+    if not (comfyui / "main.py").is_file():
+        parser.error(f"{comfyui} has no main.py; pass the ComfyUI folder")
+    models_bagel = comfyui / "models" / "bagel"
+    models_bagel.mkdir(parents=True, exist_ok=True)
+    model_folder = real_checkpoint(models_bagel) or ensure_demo_checkpoint(models_bagel)
+    workflow = json.loads((PACK_ROOT / "workflows" / f"{args.workflow}.json").read_text())
+    log_path = comfyui / "user" / "bagel_mot_demo.log"
+    log_path.parent.mkdir(exist_ok=True)
+    process, client = start_comfyui(comfyui, log_path)
+    try:
+        prompt = ui_to_api(workflow, client.object_info())
+        for node in prompt.values():
+            if node["class_type"] == "BagelMoTModelLoader":
+                node["inputs"]["model_folder"] = model_folder
+            elif model_folder == DEMO_FOLDER and node["class_type"].startswith("BagelMoT"):
+                node["inputs"].update({k: v for k, v in DEMO_SETTINGS.items() if k in node["inputs"]})
+        logger.info("Running %s on %s (ComfyUI log: %s)", args.workflow, model_folder, log_path)
+        entry = client.wait(client.queue_or_raise(prompt), timeout=3600)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    if entry["status"]["status_str"] != "success":
+        logger.error("The workflow failed: %s", json.dumps(entry["status"]["messages"], indent=1)[-3000:])
+        return 1
+    for output in entry["outputs"].values():
+        for image in output.get("images", []):
+            logger.info("Saved %s", comfyui / "output" / image["subfolder"] / image["filename"])
+        for text in output.get("text", []):
+            logger.info("Text: %s", text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
