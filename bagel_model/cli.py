@@ -66,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     think.add_argument("--prompt", required=True)
     think.add_argument("--image", action="append")
     think.add_argument("--max-think-tokens", type=int, default=1000)
+    quant = sub.add_parser("quantize", help="write a pre-quantized nf4/int8 folder that loads directly")
+    quant.add_argument("--model", required=True, help="original BAGEL checkpoint folder")
+    quant.add_argument("--precision", required=True, choices=["nf4", "int8"])
+    quant.add_argument("--out", required=True, help="new folder for the pre-quantized checkpoint")
+    quant.add_argument("--device", default="auto", help="where to quantize: auto, cpu or cuda[:N]")
     make = sub.add_parser("make-test-checkpoint", help="write a random checkpoint in the real layout")
     make.add_argument("out_dir")
     make.add_argument("--preset", default="tiny", choices=["tiny", "small"])
@@ -147,6 +152,11 @@ def main(argv: list[str] | None = None) -> int:
 
             path = make_test_checkpoint(args.out_dir, args.preset, args.seed, args.tokenizer)
             sys.stdout.write(f"{path}\n")
+            return 0
+        if args.command == "quantize":
+            from .quantized_checkpoint import quantize_folder
+
+            sys.stdout.write(f"{quantize_folder(args.model, args.out, args.precision, args.device)}\n")
             return 0
         start = time.perf_counter()
         result = _run(args)

@@ -247,3 +247,18 @@ def _assign_plain_tensors(leaf: nn.Module, prefix: str, header: dict, reader, de
             tensor = tensor.to(dtype)
         tensor = tensor.to(device)
         setattr(leaf, attr, nn.Parameter(tensor, requires_grad=False) if attr in params else tensor)
+
+
+def quantize_folder(model_dir: str | Path, out_dir: str | Path, precision: str, device: str = "auto",
+                    policy: str = "default") -> Path:
+    """Streams ``model_dir`` into ``precision`` on ``device`` and writes the pre-quantized folder ``out_dir``."""
+    from .devices import resolve_device
+    from .precision_loading import load_with_precision
+
+    if precision not in QUANTIZED_PRECISIONS:
+        raise BagelInputError(f"quantize needs --precision nf4 or int8, not {precision!r}.")
+    if read_marker(model_dir) is not None:
+        raise BagelInputError(f"{model_dir} is already pre-quantized; quantize the original BAGEL folder.")
+    target = resolve_device(device)
+    _, model, _ = load_with_precision(model_dir, precision, target, torch.float32, policy=policy)
+    return save_quantized(model, model_dir, out_dir, precision, policy=policy)
