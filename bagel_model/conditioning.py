@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from .framing import text_block_ids
-from .images import VAE_RULE, to_rgb
+from .images import to_rgb
 from .model.kv_cache import Context
 from .runtime import BagelRuntime
 from .tokenizer import Qwen2Tokenizer
@@ -59,7 +59,7 @@ class ConditioningBuilder:
         return cond
 
     def _add_image(self, cond: Conditioning, image: Image.Image, use_vae: bool, generator) -> None:
-        working = VAE_RULE(to_rgb(image))
+        working = self.runtime.vae_rule(to_rgb(image))
         if use_vae:
             self.runtime.prefill_vae(cond.gen, working, generator)
         cond.vit_tokens += self.runtime.prefill_vit(cond.gen, working)

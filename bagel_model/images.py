@@ -46,6 +46,16 @@ VAE_RULE = ResizeRule(1024, 512, 16)
 VIT_RULE = ResizeRule(980, 224, 14)
 
 
+def resize_rules(max_latent_size: int, vit_side: int, latent_stride: int = 16, patch: int = 14):
+    """The official transforms when the position tables have the official size (64 latent / 70 ViT cells);
+    for smaller test tables, the same rule capped at the table (max = side x stride, min = max / 2)."""
+    vae = VAE_RULE if max_latent_size * latent_stride >= VAE_RULE.max_size else \
+        ResizeRule(max_latent_size * latent_stride, max_latent_size * latent_stride // 2, latent_stride)
+    vit = VIT_RULE if vit_side * patch >= VIT_RULE.max_size else \
+        ResizeRule(vit_side * patch, vit_side * patch // 2, patch)
+    return vae, vit
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """Images with alpha (or a transparency key) are composited onto white; others converted to RGB."""
     if image.mode == "RGBA" or image.info.get("transparency") is not None:

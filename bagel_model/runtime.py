@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from .framing import SpecialIds
-from .images import VIT_RULE, patchify_latent, patchify_pixels, to_tensor
+from .images import patchify_latent, patchify_pixels, resize_rules, to_tensor
 from .model.autoencoder import AutoEncoder
 from .model.bagel import Bagel
 from .model.embeddings import grid_position_ids, rope_cos_sin, rope_inv_freq
@@ -39,6 +39,8 @@ class BagelRuntime:
         self.special = special
         self.dtype = compute_dtype
         self.config = model.config
+        self.vae_rule, self.vit_rule = resize_rules(self.config.max_latent_size, self.config.vit_max_num_patch_per_side,
+                                                    self.config.latent_downsample, self.config.vit.patch_size)
 
     @property
     def device(self) -> torch.device:
@@ -51,9 +53,17 @@ class BagelRuntime:
     def _rope(self, positions: torch.Tensor):
         return rope_cos_sin(positions, self._inv_freq(), self.dtype)
 
+    def rope_at(self, position: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin (1, head_dim) of one RoPE position in the compute dtype."""
+        return self._rope(torch.tensor([position], device=self.device))
+
     def _same_position(self, position: int, count: int):
-        cos, sin = self._rope(torch.tensor([position], device=self.device))
+        cos, sin = self.rope_at(position)
         return cos.expand(count, -1), sin.expand(count, -1)
+
+    def marker_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``<|vision_start|>`` and ``<|vision_end|>`` embeddings, each (1, hidden)."""
+        return self._markers()
 
     def _markers(self) -> tuple[torch.Tensor, torch.Tensor]:
         ids = torch.tensor([self.special.vision_start, self.special.vision_end], device=self.device)
@@ -84,7 +94,7 @@ class BagelRuntime:
     @torch.no_grad()
     def prefill_vit(self, ctx: Context, image: Image.Image) -> int:
         """ViT block of one (already VAE-resized) image; returns its token count."""
-        vit_image = VIT_RULE(image)
+        vit_image = self.vit_rule(image)
         patch = self.config.vit.patch_size
         pixels = to_tensor(vit_image).to(self.device)
         patches = patchify_pixels(pixels, patch)

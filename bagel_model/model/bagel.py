@@ -24,7 +24,7 @@ class Bagel(nn.Module):
         self.vae2llm = Linear(config.patch_latent_dim, hidden)
         self.llm2vae = Linear(hidden, config.patch_latent_dim)
         self.latent_pos_embed = PositionEmbedding(config.max_latent_size, hidden)
-        self.vit_model = SiglipVisionModel(config.vit, config.vit_max_num_patch_per_side)
+        self.vit_model = SiglipVisionModel(config.vit)
         self.connector = MLPConnector(config.vit.hidden_size, hidden)
         self.vit_pos_embed = PositionEmbedding(config.vit_max_num_patch_per_side, hidden)
 

@@ -11,11 +11,13 @@ from .ops import LayerNorm, Linear, gelu_tanh
 
 
 class SiglipEmbeddings(nn.Module):
-    def __init__(self, config: ViTConfig, table_side: int):
+    def __init__(self, config: ViTConfig):
         super().__init__()
         patch_dim = config.num_channels * config.patch_size ** 2
         self.patch_embedding = Linear(patch_dim, config.hidden_size, bias=True)
-        self.position_embedding = nn.Embedding(table_side * table_side, config.hidden_size)
+        # SigLIP sizes its table from image_size; BAGEL indexes it with ids i*S + j (S = the ViT table side).
+        positions = (config.image_size // config.patch_size) ** 2
+        self.position_embedding = nn.Embedding(positions, config.hidden_size)
 
     def forward(self, patches: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         x = self.patch_embedding(patches)
@@ -66,9 +68,9 @@ class SiglipEncoder(nn.Module):
 
 
 class SiglipVisionTransformer(nn.Module):
-    def __init__(self, config: ViTConfig, table_side: int):
+    def __init__(self, config: ViTConfig):
         super().__init__()
-        self.embeddings = SiglipEmbeddings(config, table_side)
+        self.embeddings = SiglipEmbeddings(config)
         self.encoder = SiglipEncoder(config)
         self.post_layernorm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
@@ -81,9 +83,9 @@ class SiglipVisionTransformer(nn.Module):
 
 
 class SiglipVisionModel(nn.Module):
-    def __init__(self, config: ViTConfig, table_side: int):
+    def __init__(self, config: ViTConfig):
         super().__init__()
-        self.vision_model = SiglipVisionTransformer(config, table_side)
+        self.vision_model = SiglipVisionTransformer(config)
 
 
 class MLPConnector(nn.Module):
