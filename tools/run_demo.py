@@ -8,6 +8,7 @@ are noise-like, which shows the plumbing works. Usage (from the pack folder insi
 import argparse
 import json
 import logging
+import os
 import socket
 import subprocess
 import sys
@@ -57,13 +58,20 @@ def start_comfyui(comfyui: Path, log_path: Path):
     return process, client
 
 
+def locate_comfyui(given: Path) -> Path:
+    """``../..`` means the folder above custom_nodes even when the pack folder is a symlink: resolve it
+    against the shell's logical working directory first, then physically."""
+    logical = Path(os.path.normpath(Path(os.environ.get("PWD", os.getcwd())) / given))
+    return logical if (logical / "main.py").is_file() else given.resolve()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--comfyui", type=Path, required=True, help="ComfyUI folder (the one with main.py)")
     parser.add_argument("--workflow", default="bagel_mot_text_to_image", help="a file name in workflows/")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    comfyui = args.comfyui.resolve()
+    comfyui = locate_comfyui(args.comfyui)
     if not (comfyui / "main.py").is_file():
         parser.error(f"{comfyui} has no main.py; pass the ComfyUI folder")
     models_bagel = comfyui / "models" / "bagel"
