@@ -32,13 +32,16 @@ def real_checkpoint(models_bagel: Path) -> str | None:
 
 
 def ensure_demo_checkpoint(models_bagel: Path) -> str:
+    """Writes the random `small` demo (with ComfyUI's copy of the real Qwen2.5 tokenizer) if missing."""
     target = models_bagel / DEMO_FOLDER
     if not (target / "llm_config.json").is_file():
         sys.path.insert(0, str(PACK_ROOT))
         from bagel_model import make_test_checkpoint
 
         logger.info("No BAGEL weights found; writing a random demo checkpoint to %s", target)
-        make_test_checkpoint(str(target), preset="small")
+        tokenizer = models_bagel.parents[1] / "comfy" / "text_encoders" / "qwen25_tokenizer"
+        make_test_checkpoint(str(target), preset="small",
+                             tokenizer_dir=str(tokenizer) if (tokenizer / "vocab.json").is_file() else None)
     return DEMO_FOLDER
 
 
