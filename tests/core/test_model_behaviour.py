@@ -139,3 +139,23 @@ def test_decoding_leaves_the_context_unchanged(tiny_pipe):
     first = tiny_pipe.runtime.decode_text(cond.gen, 6, False, 1.0, None)
     assert (cond.gen.length, cond.gen.rope, cond.gen.cache.length) == before
     assert tiny_pipe.runtime.decode_text(cond.gen, 6, False, 1.0, None) == first
+
+
+def test_understanding_positions_image_then_prompt(tiny_pipe, monkeypatch):
+    seen = []
+    original = tiny_pipe.runtime.decode_text
+
+    def recording(ctx, *args, **kwargs):
+        seen.append((ctx.length, ctx.rope))
+        return original(ctx, *args, **kwargs)
+
+    monkeypatch.setattr(tiny_pipe.runtime, "decode_text", recording)
+    prompt = "what is this"
+    n = len(tiny_pipe.tokenizer.encode(prompt)) + 2
+    tiny_pipe.understand([Image.new("RGB", (640, 480))], prompt, max_new_tokens=2)
+    # ViT only (no VAE block in understanding): 686x518 -> 49x37 patches + 2 markers at position 0.
+    assert seen == [(49 * 37 + 2 + n, 1 + n)]
+    seen.clear()
+    tiny_pipe.understand([Image.new("RGB", (640, 480))], prompt, think=True, max_new_tokens=2)
+    system = len(tiny_pipe.tokenizer.encode(pipeline_module.VLM_THINK_SYSTEM_PROMPT)) + 2
+    assert seen == [(system + 49 * 37 + 2 + n, system + 1 + n)]
