@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .errors import BagelError
 from .pipeline import EDIT_DEFAULTS, GENERATE_DEFAULTS, BagelPipeline, BagelResult
+from .step_cache import StepCacheSettings
 
 log = logging.getLogger("bagel_model")
 
@@ -34,6 +35,16 @@ def _sampler(parser: argparse.ArgumentParser, defaults) -> None:
                         choices=["global", "channel", "text_channel"])
     parser.add_argument("--think", action="store_true", help="write a plan before the image")
     parser.add_argument("--max-think-tokens", type=int, default=1000, help="new tokens of the plan")
+    parser.add_argument("--no-batch-cfg", action="store_true",
+                        help="run the CFG branches one LM call at a time (same result; for comparison)")
+    parser.add_argument("--step-cache", default="off", choices=["off", "taylor"],
+                        help="skip the decoder layers on some steps and extrapolate them (docs/speed.md)")
+    parser.add_argument("--step-cache-warmup", type=int, default=StepCacheSettings.warmup,
+                        help="first steps of each CFG branch that always run every layer")
+    parser.add_argument("--step-cache-interval", type=int, default=StepCacheSettings.interval,
+                        help="after the warm-up, one step in this many runs every layer")
+    parser.add_argument("--step-cache-order", type=int, default=StepCacheSettings.order,
+                        help="degree of the extrapolating polynomial (0-6)")
     parser.add_argument("--out", required=True, help="output PNG")
     parser.add_argument("--save-latent", help="safetensors file for the final latent (decoder input)")
 
@@ -99,7 +110,15 @@ def _sampler_kwargs(args) -> dict:
     return dict(steps=args.steps, cfg_text_scale=args.cfg_text_scale, cfg_img_scale=args.cfg_img_scale,
                 cfg_interval=tuple(args.cfg_interval), timestep_shift=args.timestep_shift,
                 cfg_renorm_min=args.cfg_renorm_min, cfg_renorm_type=args.cfg_renorm_type, think=args.think,
-                max_think_tokens=args.max_think_tokens, seed=args.seed)
+                max_think_tokens=args.max_think_tokens, seed=args.seed, batch_cfg=not args.no_batch_cfg,
+                step_cache=_step_cache(args))
+
+
+def _step_cache(args) -> StepCacheSettings | None:
+    if args.step_cache == "off":
+        return None
+    return StepCacheSettings(args.step_cache, args.step_cache_warmup, args.step_cache_interval,
+                             args.step_cache_order)
 
 
 def _run(args) -> BagelResult:

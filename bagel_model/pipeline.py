@@ -23,6 +23,7 @@ from .model.bagel import Bagel
 from .model.ops import set_compute_dtype
 from .runtime import BagelRuntime, ProgressFn
 from .sampler import SamplerSettings
+from .step_cache import StepCacheSettings, resolve_step_cache
 from .tokenizer import Qwen2Tokenizer
 
 log = logging.getLogger(__name__)
@@ -131,28 +132,34 @@ class BagelPipeline:
                        cfg_renorm_type: str = "global", think: bool = False, max_think_tokens: int = 1000,
                        thinking: str | None = None, seed: int = 0, callback: ProgressFn | None = None,
                        do_sample: bool = False, temperature: float = 0.3,
-                       inputs: list | None = None) -> BagelResult:
+                       inputs: list | None = None, batch_cfg: bool = True,
+                       step_cache: str | StepCacheSettings | None = None) -> BagelResult:
+        """``batch_cfg``: run the CFG branches of a step as one LM call (same result, faster).
+        ``step_cache``: None (off), ``"taylor"`` or ``StepCacheSettings(...)`` — see docs/speed.md."""
         settings = SamplerSettings(steps, cfg_text_scale, cfg_img_scale, tuple(cfg_interval), timestep_shift,
                                    cfg_renorm_min, cfg_renorm_type)
         items = self._items(None, prompt, inputs)
+        speed = dict(batch_cfg=batch_cfg, step_cache=resolve_step_cache(step_cache))
         return self._image_flow(items, settings, (width, height), think, max_think_tokens, thinking, seed,
-                                callback, do_sample, temperature)
+                                callback, do_sample, temperature, speed)
 
     def edit_image(self, images, prompt: str, steps: int = 50, cfg_text_scale: float = 4.0,
                    cfg_img_scale: float = 2.0, cfg_interval=(0.0, 1.0), timestep_shift: float = 3.0,
                    cfg_renorm_min: float = 0.0, cfg_renorm_type: str = "text_channel", think: bool = False,
                    max_think_tokens: int = 1000, thinking: str | None = None, output_size=None,
                    seed: int = 0, callback: ProgressFn | None = None, do_sample: bool = False,
-                   temperature: float = 0.3, inputs: list | None = None) -> BagelResult:
+                   temperature: float = 0.3, inputs: list | None = None, batch_cfg: bool = True,
+                   step_cache: str | StepCacheSettings | None = None) -> BagelResult:
         """Edits the last image of ``images`` following ``prompt``; output size = the VAE-resized input size
-        unless ``output_size`` (width, height) is given."""
+        unless ``output_size`` (width, height) is given. ``batch_cfg``/``step_cache`` as in generate_image."""
         settings = SamplerSettings(steps, cfg_text_scale, cfg_img_scale, tuple(cfg_interval), timestep_shift,
                                    cfg_renorm_min, cfg_renorm_type)
         items = self._items(images, prompt, inputs)
         if not any(isinstance(item, Image.Image) for item in items):
             raise BagelInputError("edit_image needs at least one input image.")
+        speed = dict(batch_cfg=batch_cfg, step_cache=resolve_step_cache(step_cache))
         return self._image_flow(items, settings, output_size, think, max_think_tokens, thinking, seed,
-                                callback, do_sample, temperature)
+                                callback, do_sample, temperature, speed)
 
     # ---- internals ----------------------------------------------------------------------------------
 
@@ -183,7 +190,8 @@ class BagelPipeline:
         return self.runtime.decode_text(cond.gen, max_new_tokens, do_sample, temperature, generator, callback)
 
     def _image_flow(self, items, settings: SamplerSettings, size, think: bool, max_think_tokens: int,
-                    thinking: str | None, seed: int, callback, do_sample: bool, temperature: float):
+                    thinking: str | None, seed: int, callback, do_sample: bool, temperature: float,
+                    speed: dict):
         start = time.perf_counter()
         settings.validate()
         if size is not None:
@@ -204,16 +212,16 @@ class BagelPipeline:
         if thinking is not None:
             self.builder.add_text(cond.gen, thinking)
         width, height = size if size is not None else cond.image_size
-        latent = self._sample(settings, width, height, generator, cond, cfg_img, callback)
+        latent = self._sample(settings, width, height, generator, cond, cfg_img, callback, speed)
         image = self.decode_latent(latent)
         return BagelResult(text=thinking or "", thinking=thinking or "", token_ids=token_ids, images=[image],
                            latents=[latent.cpu()], seconds=time.perf_counter() - start)
 
-    def _sample(self, settings, width, height, generator, cond, cfg_img, callback) -> torch.Tensor:
+    def _sample(self, settings, width, height, generator, cond, cfg_img, callback, speed: dict) -> torch.Tensor:
         query = self.runtime.generation_query(height, width)
         noise = torch.randn((query.num_tokens, self.config.patch_latent_dim), generator=generator,
                             dtype=torch.float32)
-        packed = denoise(self.runtime, settings, query, noise, cond.gen, cond.cfg_text, cfg_img, callback)
+        packed = denoise(self.runtime, settings, query, noise, cond.gen, cond.cfg_text, cfg_img, callback, **speed)
         return unpatchify_latent(packed, query.grid_h, query.grid_w, self.config.latent_channels,
                                  self.config.latent_patch_size)
 

@@ -8,6 +8,7 @@ checkpoint keys (``language_model.model.layers.{i}.self_attn.q_proj_moe_gen.weig
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,9 @@ from .attention import attend
 from .embeddings import apply_rope
 from .kv_cache import Context
 from .ops import Linear, RMSNorm, rms_norm
+
+if TYPE_CHECKING:
+    from .branches import BranchLayout
 
 UND, GEN = "und", "gen"
 
@@ -38,6 +42,8 @@ class Block:
     sin: torch.Tensor
     causal: bool
     fp32_qk: bool  # gen-mode calls normalise Q/K and apply RoPE in fp32 (official numerics, spec §3.3)
+    # Several CFG branches of one denoise query stacked on the token axis; each attends to its own context.
+    branches: "BranchLayout | None" = None
 
 
 def per_expert(x: torch.Tensor, segments: list[Segment], und, gen) -> torch.Tensor:
@@ -93,6 +99,9 @@ class MoTAttention(nn.Module):
         v = per_expert(x, segs, self.v_proj, self.v_proj_moe_gen).view(-1, self.num_kv_heads, self.head_dim)
         q = self._norm_rope(q, "q", block, self.num_heads)
         k = self._norm_rope(k, "k", block, self.num_kv_heads)
+        if block.branches is not None:
+            out = block.branches.attend(q, k, v, layer)
+            return per_expert(out, segs, self.o_proj, self.o_proj_moe_gen)
         past_k = context.cache.keys(layer, context.length)
         past_v = context.cache.values(layer, context.length)
         if update:
@@ -140,6 +149,11 @@ class Qwen2MoTModel(nn.Module):
         With ``update`` the block's keys/values are appended to the context (length and cache grow);
         otherwise the cache is read only (the block being denoised is never cached).
         """
+        return self.final_norm(self.run_layers(x, block, context, update), block.segments)
+
+    def run_layers(self, x: torch.Tensor, block: Block, context: Context | None, update: bool) -> torch.Tensor:
+        """Every decoder layer without the final norm (the step cache stores and extrapolates this output).
+        ``context`` is unused (None) for a block with ``branches``."""
         if update and not context.owns_tail:
             raise RuntimeError("cannot append to a context snapshot that shares its cache with a longer one")
         for index, layer in enumerate(self.layers):
@@ -147,7 +161,10 @@ class Qwen2MoTModel(nn.Module):
         if update:
             context.length += x.shape[0]
             context.cache.length = context.length
-        return per_expert(x, block.segments, self.norm, self.norm_moe_gen)
+        return x
+
+    def final_norm(self, x: torch.Tensor, segments: list[Segment]) -> torch.Tensor:
+        return per_expert(x, segments, self.norm, self.norm_moe_gen)
 
 
 class Qwen2ForCausalLM(nn.Module):

@@ -1,0 +1,68 @@
+"""Layout of a batched CFG block: the same generation query for several branches in one LM call.
+
+The CFG branches of a denoise step share every query token (same x_t, t and latent position ids) and differ
+only in their context (KV cache, length) and the RoPE position of the block. Projections, norms and MLPs are
+row-wise, so the branches can run as one stacked (B·N, H) matrix; only attention must see each branch's own
+cached keys, so it runs per branch on that branch's rows gathered back into sequence order.
+
+Row layout (chosen so the big gen-expert GEMMs cover all branches in one call):
+``[start_0, end_0, start_1, end_1, …, latents_0, latents_1, …]``. Each marker row is its own und-expert
+segment (one row per Linear call, as in the single-branch path, so small-M GEMM kernels pick the same
+arithmetic); all latent rows form one gen-expert segment.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .attention import attend
+from .kv_cache import Context
+from .qwen2_mot import GEN, UND, Segment
+
+
+@dataclass
+class BranchLayout:
+    contexts: list[Context]
+    orders: list[torch.Tensor]  # per branch: indexes of its rows in sequence order [start, latents…, end]
+
+    @classmethod
+    def build(cls, contexts: list[Context], num_latents: int, device) -> "BranchLayout":
+        count = len(contexts)
+        orders = []
+        for b in range(count):
+            latents = 2 * count + b * num_latents + torch.arange(num_latents, device=device)
+            marker = torch.tensor([2 * b, 2 * b + 1], device=device)
+            orders.append(torch.cat([marker[:1], latents, marker[1:]]))
+        return cls(list(contexts), orders)
+
+    @property
+    def count(self) -> int:
+        return len(self.contexts)
+
+    def segments(self, num_latents: int) -> list[Segment]:
+        markers = [Segment(i, i + 1, UND) for i in range(2 * self.count)]
+        return markers + [Segment(2 * self.count, 2 * self.count + self.count * num_latents, GEN)]
+
+    def stack(self, start: torch.Tensor, end: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        """The shared query rows (marker embeddings and latent tokens) repeated in the batched layout."""
+        return torch.cat([start, end] * self.count + [latents] * self.count)
+
+    def per_row(self, per_branch: list[torch.Tensor], num_latents: int) -> torch.Tensor:
+        """Rows of a per-branch value (e.g. RoPE cos of shape (1, d)) expanded to the batched layout."""
+        markers = [value for value in per_branch for _ in range(2)]
+        latents = [value.expand(num_latents, -1) for value in per_branch]
+        return torch.cat(markers + latents)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int) -> torch.Tensor:
+        """Non-causal attention of each branch's rows to its cached keys followed by its own new keys."""
+        out = q.new_empty(q.shape[0], q.shape[1] * q.shape[2])
+        for ctx, rows in zip(self.contexts, self.orders):
+            k_new, v_new = k[rows], v[rows]
+            past_k = ctx.cache.keys(layer, ctx.length)
+            past_v = ctx.cache.values(layer, ctx.length)
+            if past_k is not None:
+                k_new = torch.cat([past_k.to(k_new.dtype), k_new])
+                v_new = torch.cat([past_v.to(v_new.dtype), v_new])
+            out[rows] = attend(q[rows], k_new, v_new, causal=False)
+        return out
