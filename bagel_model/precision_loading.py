@@ -17,7 +17,7 @@ import torch
 from .config import AE_FILE, WEIGHTS_FILE, BagelConfig
 from .errors import BagelCheckpointError, BagelInputError
 from .loading import build_skeleton, load_bagel, load_module_weights
-from .memory import GiB, MemoryEstimate, check_fits, estimate_memory
+from .memory import GiB, MemoryEstimate, available_memory, check_fits, estimate_memory
 from .quantization import (QUANTIZED_PRECISIONS, check_precision, import_bitsandbytes, linear_factory,
                            probe_device, storage_dtype)
 from .quantized_checkpoint import load_prequantized_weights, read_marker
@@ -50,13 +50,31 @@ def _check_folder_precision(folder: Path, precision: str) -> dict | None:
     return marker
 
 
+def _check_memory(config: BagelConfig, precision: str, device: torch.device, compute_dtype: torch.dtype,
+                  policy: str, estimate_1024: MemoryEstimate, available_bytes: int | None) -> None:
+    """Refuses a load that cannot even run a 512x512 text-to-image call; warns when 1024x1024 will not fit.
+
+    Image sizes are chosen per call, so the load is only refused for what no call could survive.
+    """
+    if available_bytes is None:
+        available_bytes = available_memory(device)
+    minimal = estimate_memory(config, precision, "t2i", 512, 512, device=str(device), compute_dtype=compute_dtype,
+                              policy=policy)
+    check_fits(minimal, available_bytes, device)
+    if estimate_1024.total_bytes > available_bytes:
+        log.warning("%.2f GiB free on %s is enough for the weights and small images, but a 1024x1024 "
+                    "text-to-image call needs about %.2f GiB (%s); use smaller images or another precision.",
+                    available_bytes / GiB, device, estimate_1024.total_bytes / GiB, estimate_1024.summary())
+
+
 def load_with_precision(folder: str | Path, precision: str, device: torch.device, compute_dtype: torch.dtype,
                         *, policy: str = "default", available_bytes: int | None = None,
                         check_memory: bool = True):
     """Returns ``(config, bagel, autoencoder)`` loaded on ``device`` in ``precision``.
 
     ``available_bytes`` is the memory budget for the fit check (None: measured free memory of ``device``);
-    ``check_memory=False`` skips the refusal (the plan is still logged).
+    the load is refused when even a 512x512 text-to-image call would not fit. ``check_memory=False`` skips
+    the refusal (the plan is still logged).
     """
     folder = Path(folder)
     check_precision(precision)
@@ -67,12 +85,12 @@ def load_with_precision(folder: str | Path, precision: str, device: torch.device
         import_bitsandbytes(precision)
         probe_device(precision, device, compute_dtype)
     config = BagelConfig.from_folder(folder)
-    estimate = estimate_memory(config, precision, device=str(device), compute_dtype=compute_dtype,
-                               policy=policy if marker is None else marker.get("policy", policy))
+    policy = policy if marker is None else marker.get("policy", policy)
+    estimate = estimate_memory(config, precision, device=str(device), compute_dtype=compute_dtype, policy=policy)
     source = folder / (marker["weights_file"] if marker else WEIGHTS_FILE)
     _log_plan(folder, precision, device, estimate, source)
     if check_memory:
-        check_fits(estimate, available_bytes, device)
+        _check_memory(config, precision, device, compute_dtype, policy, estimate, available_bytes)
     start = time.perf_counter()
     if marker is None:
         factory = linear_factory(precision, compute_dtype, policy) if precision in QUANTIZED_PRECISIONS else None

@@ -81,7 +81,7 @@ def test_memory_refusal_names_numbers_and_a_precision_that_fits(tiny_checkpoint)
     from bagel_model.memory import BagelMemoryError, estimate_memory
 
     config = BagelConfig.from_folder(tiny_checkpoint)
-    estimate = estimate_memory(config, "fp32", device="cpu", compute_dtype=torch.float32)
+    estimate = estimate_memory(config, "fp32", "t2i", 512, 512, device="cpu", compute_dtype=torch.float32)
     budget = (estimate.total_by_precision["nf4"] + estimate.total_bytes) // 2
     with pytest.raises(BagelMemoryError, match=r"Not enough memory on cpu: fp32.*GiB.*precision '(bf16|int8|nf4)'"):
         BagelPipeline.from_pretrained(tiny_checkpoint, precision="fp32", device="cpu", compute_dtype="fp32",
