@@ -132,10 +132,10 @@ def _context_tokens(config: BagelConfig, task: str, width: int, height: int, inp
     return {"contexts": contexts, "query_tokens": query, "image_size": (width, height)}
 
 
-# Live tensors counted below explain 125 MB of the 288 MB that a 1024² T2I denoising step of the `small`
-# preset (fp32 compute, CPU) measurably adds to the process peak; the rest is allocator slack and kernel
-# workspaces, assumed to scale the same way.
-_LM_OVERHEAD = 2.3
+# Live tensors counted below explain 248 MB of the 288 MB that 1024² T2I denoising (2 batched CFG branches)
+# of the `small` preset (fp32 compute, CPU) measurably adds to the process peak; the rest is allocator slack
+# and kernel workspaces, assumed to scale the same way.
+_LM_OVERHEAD = 1.2
 
 
 def _weight_copy_bytes(config: BagelConfig, precision: str, compute_bytes: int) -> int:
@@ -179,14 +179,14 @@ def estimate_memory(config: BagelConfig, precision: str, task: str = "t2i", widt
                     height: int = 1024, input_size: tuple[int, int] | None = None,
                     cfg_branches: int | None = None, *, device: str = "cuda",
                     compute_dtype: torch.dtype | None = None, prompt_tokens: int = 128,
-                    generated_tokens: int = 0, policy: str = "default",
+                    generated_tokens: int = 0, policy: str = "default", batch_cfg: bool = True,
                     _with_alternatives: bool = True) -> MemoryEstimate:
     """Bytes a ``precision`` load plus one ``task`` call need on ``device``.
 
     ``input_size`` is the (width, height) of the input image of edit/understand; ``generated_tokens`` the
     thinking/answer tokens (``max_new_tokens``); ``cfg_branches`` the branches evaluated per denoising step
-    (default 2 for T2I, 3 for edit). Branches run one after another, so they add time, not peak memory;
-    they are recorded for the summary.
+    (default 2 for T2I, 3 for edit); with ``batch_cfg`` (the pipeline default) they run as one LM call, so
+    the decoder activations scale with them.
     """
     check_precision(precision)
     if task not in TASKS:
@@ -200,7 +200,9 @@ def estimate_memory(config: BagelConfig, precision: str, task: str = "t2i", widt
     kv_bytes = kv_per_token * sum(tokens["contexts"].values())
     largest_context = max(tokens["contexts"].values())
     query = tokens["query_tokens"] or 1
-    lm_peak = _lm_forward_bytes(config, query, largest_context + query, b) + _weight_copy_bytes(config, precision, b)
+    branches = (cfg_branches or _DEFAULT_CFG_BRANCHES[task]) if batch_cfg else 1
+    lm_peak = (branches * _lm_forward_bytes(config, query, largest_context + query, b)
+               + _weight_copy_bytes(config, precision, b))
     logits = llm.vocab_size * 4 * max(1, query if task in ("understand", "think") else 1)
     w, h = tokens["image_size"]
     peaks = {"lm_layer": lm_peak + logits}
@@ -223,7 +225,7 @@ def estimate_memory(config: BagelConfig, precision: str, task: str = "t2i", widt
             alternatives[other] = estimate_memory(
                 config, other, task, width, height, input_size, cfg_branches, device=device,
                 compute_dtype=compute_dtype, prompt_tokens=prompt_tokens, generated_tokens=generated_tokens,
-                policy=policy, _with_alternatives=False).total_bytes
+                policy=policy, batch_cfg=batch_cfg, _with_alternatives=False).total_bytes
     return MemoryEstimate(precision, task, str(device), weights["total"] + ae, kv_bytes, max(peaks.values()),
                           ae, details, alternatives)
 

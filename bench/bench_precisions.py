@@ -69,6 +69,10 @@ def worker(args) -> None:
               "weights": measured_weight_bytes(model), "ae_weights": measured_weight_bytes(vae)}
     image = Image.new("RGB", (args.size, args.size), (120, 160, 200))
     with torch.no_grad():
+        # Warm-up at the same shapes: first calls pay one-off kernel selection / torch.compile costs.
+        pipe.generate_image("warm up", width=args.size, height=args.size, steps=3, seed=0)
+        pipe.edit_image([image], "warm up", steps=3, seed=0)
+        pipe.understand([image], "warm up", max_new_tokens=3)
         timer = StepTimer()
         t2i = pipe.generate_image("a red cube on a blue sphere", width=args.size, height=args.size,
                                   steps=args.steps, seed=1, callback=timer)
