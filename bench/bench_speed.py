@@ -127,6 +127,7 @@ def main() -> None:
         for label, batch_cfg, step_cache in variants:
             per_step, latent, image = run_variant(pipe, settings, cond, cfg_img, query, noise, batch_cfg, step_cache)
             timings[label].append(per_step)
+            print(f"  round {len(timings[label])}: {label}: {per_step:.3f} s/step", file=sys.stderr, flush=True)
             outputs.setdefault(label, (latent, image))
     base_label = variants[0][0]
     base_time, (base_latent, base_image) = min(timings[base_label]), outputs[base_label]
