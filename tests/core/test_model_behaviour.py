@@ -59,6 +59,8 @@ def test_mot_routing_uses_each_expert_only_for_its_tokens(tiny_pipe):
 
 
 def _record_velocity_contexts(pipe, monkeypatch):
+    """(length, rope) of every branch evaluated; the flows below run with batch_cfg=False, the path that
+    evaluates one branch per ``runtime.velocity`` call (tests/speed checks the batched path gives the same)."""
     calls = []
     original = pipe.runtime.velocity
 
@@ -74,7 +76,7 @@ def test_edit_contexts_positions_and_branch_counts(tiny_pipe, monkeypatch):
     calls = _record_velocity_contexts(tiny_pipe, monkeypatch)
     prompt = "make it blue"
     n = len(tiny_pipe.tokenizer.encode(prompt)) + 2
-    tiny_pipe.edit_image([Image.new("RGB", (128, 96), (200, 30, 30))], prompt, steps=3)
+    tiny_pipe.edit_image([Image.new("RGB", (128, 96), (200, 30, 30))], prompt, steps=3, batch_cfg=False)
     vae_block, vit_block = 43 * 32 + 2, 49 * 37 + 2  # 688x512 latents, 686x518 ViT patches, + markers
     gen = (vae_block + vit_block + n, 2 + n)
     cfg_text = (vae_block + vit_block, 2)
@@ -84,19 +86,20 @@ def test_edit_contexts_positions_and_branch_counts(tiny_pipe, monkeypatch):
 
 def test_t2i_skips_identical_and_useless_branches(tiny_pipe, monkeypatch):
     calls = _record_velocity_contexts(tiny_pipe, monkeypatch)
-    tiny_pipe.generate_image("a cat", width=32, height=32, steps=6, cfg_img_scale=1.5)
+    tiny_pipe.generate_image("a cat", width=32, height=32, steps=6, cfg_img_scale=1.5, batch_cfg=False)
     n = len(tiny_pipe.tokenizer.encode("a cat")) + 2
     # shifted t = 1, .92, .82, .67, .43 -> CFG (0.4 < t) on all 5; cfg_img equals gen: its velocity is reused.
     assert calls == [(n, n), (0, 0)] * 5
     calls.clear()
-    tiny_pipe.generate_image("a cat", width=32, height=32, steps=6, cfg_text_scale=1.0, cfg_img_scale=2.0)
+    tiny_pipe.generate_image("a cat", width=32, height=32, steps=6, cfg_text_scale=1.0, cfg_img_scale=2.0,
+                             batch_cfg=False)
     assert calls == [(n, n)] * 5
 
 
 def test_think_text_reaches_only_the_main_context(tiny_pipe, monkeypatch):
     calls = _record_velocity_contexts(tiny_pipe, monkeypatch)
     plan = "draw a big cat"
-    tiny_pipe.edit_image([Image.new("RGB", (64, 64))], "add a hat", steps=2, thinking=plan)
+    tiny_pipe.edit_image([Image.new("RGB", (64, 64))], "add a hat", steps=2, thinking=plan, batch_cfg=False)
     gen, cfg_text, cfg_img = calls
     think_block = len(tiny_pipe.tokenizer.encode(plan)) + 2
     system = len(tiny_pipe.tokenizer.encode(pipeline_module.GEN_THINK_SYSTEM_PROMPT)) + 2
