@@ -23,8 +23,8 @@ from safetensors import safe_open
 from torch import nn
 
 from .errors import BagelCheckpointError, BagelInputError
-from .quantization import (QUANTIZED_PRECISIONS, _linear_classes, import_bitsandbytes, is_quantized_linear,
-                           storage_dtype)
+from .quantization import (INT8_OUTLIER_THRESHOLD, QUANTIZED_PRECISIONS, _linear_classes, import_bitsandbytes,
+                           is_quantized_linear, storage_dtype)
 from .safetensors_header import read_header
 from .safetensors_writer import write_safetensors
 
@@ -106,7 +106,7 @@ def quantized_linear_from_tensors(name: str, tensors: dict[str, torch.Tensor], d
     elif "SCB" in tensors:
         out_features, in_features = tensors["weight"].shape
         module = int8_cls(in_features, out_features, bias=False, has_fp16_weights=False,
-                          threshold=_int8_threshold(), device="meta")
+                          threshold=INT8_OUTLIER_THRESHOLD, device="meta")
         module.compute_dtype = compute_dtype
         data = tensors["weight"].to(device)
         module.weight = bnb.nn.Int8Params(data, requires_grad=False, has_fp16_weights=False, CB=data,
@@ -121,12 +121,6 @@ def _nf4_shape(tensors: dict) -> tuple[int, int]:
     from bitsandbytes.utils import unpack_tensor_to_dict
 
     return tuple(unpack_tensor_to_dict(tensors[_NF4_STATE_KEY])["shape"])
-
-
-def _int8_threshold() -> float:
-    from .quantization import INT8_OUTLIER_THRESHOLD
-
-    return INT8_OUTLIER_THRESHOLD
 
 
 def model_tensors_for_saving(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
