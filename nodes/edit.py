@@ -5,7 +5,7 @@ from .image_convert import image_batch_to_pil, pil_to_image_batch
 from .progress import NodeProgress
 from .sampler_inputs import (EDIT_DEFAULTS, core_sampler_kwargs, model_input, plan_or_none,
                              prompt_and_interval_problems, sampler_input_types, seed_input, size_input,
-                             text_input, thinking_input)
+                             step_cache_input, text_input, thinking_input)
 from .validation import first_problem, raise_if_problem, size_problem
 
 # native: the model's own rule (input resized to BAGEL's working size, at most 1024 a side);
@@ -49,6 +49,7 @@ class BagelMoTEdit:
             "optional": {
                 "reference_images": ("IMAGE", {"tooltip": "Extra images the instruction may refer to."}),
                 "thinking": thinking_input(),
+                "step_cache": step_cache_input(),
             },
         }
 

@@ -42,6 +42,16 @@ def text_input(tooltip: str, default: str = ""):
     return ("STRING", {"default": default, "multiline": True, "dynamicPrompts": False, "tooltip": tooltip})
 
 
+STEP_CACHE_MODES = ("off", "taylor")
+
+
+def step_cache_input():
+    return (list(STEP_CACHE_MODES), {
+        "default": "off",
+        "tooltip": "taylor: skip the decoder on 2 of 3 steps after the first 5 and extrapolate its output "
+                   "(about 2-2.5x faster denoising, small quality cost). off: exact reference sampling."})
+
+
 def thinking_input():
     return text_input("Optional plan from the BAGEL-MoT Think node (editable). Empty = no plan.")
 
@@ -81,6 +91,7 @@ def core_sampler_kwargs(inputs: dict) -> dict:
         "timestep_shift": float(inputs["timestep_shift"]),
         "cfg_renorm_min": float(inputs["cfg_renorm_min"]),
         "cfg_renorm_type": inputs["cfg_renorm_type"],
+        "step_cache": None if inputs.get("step_cache", "off") == "off" else inputs["step_cache"],
     }
 
 

@@ -3,7 +3,7 @@ from .image_convert import pil_to_image_batch
 from .progress import NodeProgress
 from .sampler_inputs import (SEED_MAX, TEXT_TO_IMAGE_DEFAULTS, core_sampler_kwargs, model_input,
                              plan_or_none, prompt_and_interval_problems, sampler_input_types, seed_input,
-                             size_input, text_input, thinking_input)
+                             size_input, step_cache_input, text_input, thinking_input)
 from .validation import first_problem, raise_if_problem, size_problem
 
 
@@ -26,7 +26,8 @@ class BagelMoTTextToImage:
         required["seed"] = seed_input()
         required["batch_size"] = ("INT", {"default": 1, "min": 1, "max": 64,
                                           "tooltip": "Images to generate, one after another."})
-        return {"required": required, "optional": {"thinking": thinking_input()}}
+        optional = {"thinking": thinking_input(), "step_cache": step_cache_input()}
+        return {"required": required, "optional": optional}
 
     @classmethod
     def VALIDATE_INPUTS(cls, prompt=None, width=None, height=None,

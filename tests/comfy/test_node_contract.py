@@ -83,6 +83,21 @@ def test_text_to_image_matches_core_with_same_seed(ours, model):
         assert torch.equal(images[index], pil_to_float(direct.images[0]))
 
 
+def test_step_cache_widget_reaches_the_core(ours, model):
+    spec = ours["BagelMoTTextToImage"].INPUT_TYPES()["optional"]["step_cache"]
+    assert spec[0] == ["off", "taylor"] and spec[1]["default"] == "off"
+    fast = dict(FAST, steps=12)
+    cached = ours["BagelMoTTextToImage"]().generate(model, "a red cube", 64, 48, seed=3, batch_size=1,
+                                                    step_cache="taylor", **fast)[0]
+    exact = ours["BagelMoTTextToImage"]().generate(model, "a red cube", 64, 48, seed=3, batch_size=1, **fast)[0]
+    core_kwargs = dict(steps=12, cfg_text_scale=4.0, cfg_img_scale=1.0, cfg_interval=(0.4, 1.0),
+                       timestep_shift=3.0, cfg_renorm_min=0.0, cfg_renorm_type="global")
+    direct = model.pipeline.generate_image("a red cube", width=64, height=48, seed=3, step_cache="taylor",
+                                           **core_kwargs)
+    assert torch.equal(cached[0], pil_to_float(direct.images[0]))
+    assert not torch.equal(cached, exact)  # 12 steps: calls 5, 6, 8 and 9 are extrapolated
+
+
 def test_edit_output_size_modes_and_batch_one_by_one(ours, model):
     node = ours["BagelMoTEdit"]()
     sampler = dict(FAST, cfg_img_scale=2.0, cfg_interval_start=0.0, cfg_renorm_type="text_channel")
