@@ -7,7 +7,7 @@ from bagel_model.memory import measured_weight_bytes, weight_bytes
 from bagel_model.model.ops import Linear
 from bagel_model.quantization import is_quantized_linear, should_quantize
 
-from conftest import PRECISIONS, run_flows
+from quant_helpers import PRECISIONS, run_flows
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)

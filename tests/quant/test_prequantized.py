@@ -11,7 +11,7 @@ from bagel_model.cli import main as cli_main
 from bagel_model.errors import BagelCheckpointError, BagelInputError
 from bagel_model.quantized_checkpoint import MARKER_FILE, weights_file_name
 
-from conftest import run_flows
+from quant_helpers import run_flows
 
 
 @pytest.fixture(scope="module", params=["nf4", "int8"])
