@@ -82,10 +82,14 @@ class BagelMoTModelLoader:
         if path is None:
             path = download_checkpoint(model_folders.download_target_dir())
         weight_bytes, working_bytes = check_fits(path, model_folder, precision)
-        logger.info("Loading BAGEL checkpoint %s in %s.", path, precision)
-        # Weights load onto the offload device; ModelPatcher moves them before each use.
-        pipeline = BagelPipeline.from_pretrained(path, precision=precision,
-                                                 device=str(mm.unet_offload_device()))
+        device = mm.get_torch_device()
+        logger.info("Loading BAGEL checkpoint %s in %s to %s.", path, precision, device)
+        # Stream the weights straight to ComfyUI's device (after it makes room), so a 29 GB checkpoint never
+        # has to sit in system RAM; ModelPatcher offloads them later when other models need the memory.
+        # check_fits above already applied the memory rule for this device.
+        mm.free_memory(weight_bytes + working_bytes, device)
+        pipeline = BagelPipeline.from_pretrained(path, precision=precision, device=str(device),
+                                                 check_memory=False)
         return (BagelMoTModel(pipeline, model_folder, precision, working_bytes, weight_bytes),)
 
 

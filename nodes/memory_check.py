@@ -1,7 +1,8 @@
 """Memory estimate for a checkpoint + precision, logged at load and used to refuse early.
 
-The reference load is a 1024x1024 text-to-image run on ComfyUI's device. ComfyUI can unload other
-models, so the bound is the device's total memory, not what happens to be free right now.
+The load is refused only when even a 512x512 text-to-image run cannot fit on ComfyUI's device (the core
+loader's rule); when 1024x1024 will not fit, a warning says so. ComfyUI can unload other models, so the bound
+is the device's total memory, not what happens to be free right now.
 """
 import logging
 
@@ -12,11 +13,12 @@ logger = logging.getLogger(__name__)
 GIB = 1024 ** 3
 
 
-def _estimate(folder_path: str, precision: str, device):
+def _estimate(folder_path: str, precision: str, device, side: int):
     from bagel_model.config import BagelConfig
     from bagel_model.memory import estimate_memory
 
-    return estimate_memory(BagelConfig.from_folder(folder_path), precision, device=str(device))
+    return estimate_memory(BagelConfig.from_folder(folder_path), precision, width=side, height=side,
+                           device=str(device))
 
 
 def check_fits(folder_path: str, folder_name: str, precision: str) -> tuple[int, int]:
@@ -25,18 +27,23 @@ def check_fits(folder_path: str, folder_name: str, precision: str) -> tuple[int,
     Returns (weight_bytes, working_bytes) for the ModelPatcher and load_models_gpu.
     """
     device = mm.get_torch_device()
-    estimate = _estimate(folder_path, precision, device)
+    large = _estimate(folder_path, precision, device, 1024)
+    estimate = _estimate(folder_path, precision, device, 512)
     capacity = int(mm.get_total_memory(device))
-    logger.info("BAGEL '%s': %s; %s has %.1f GiB in total.", folder_name, estimate.summary(), device,
+    logger.info("BAGEL '%s': %s; %s has %.1f GiB in total.", folder_name, large.summary(), device,
                 capacity / GIB)
+    if large.total_bytes > capacity >= estimate.total_bytes:
+        logger.warning("BAGEL '%s' in %s needs about %.1f GiB for 1024x1024 but %s has %.1f GiB: use "
+                       "smaller images or another precision.", folder_name, precision,
+                       large.total_bytes / GIB, device, capacity / GIB)
     if estimate.total_bytes > capacity:
         fitting = [f"{other} (~{total / GIB:.1f} GiB)" for other, total in estimate.total_by_precision.items()
                    if other != precision and total <= capacity]
         advice = ("Choose a precision that fits: " + ", ".join(fitting) + ".") if fitting else (
             "No precision fits this device; use a machine with more memory.")
         raise ValueError(
-            f"BAGEL '{folder_name}' in {precision} needs about {estimate.total_bytes / GIB:.1f} GiB for a "
-            f"1024x1024 image ({estimate.weights_bytes / GIB:.1f} GiB weights), but {device} has "
+            f"BAGEL '{folder_name}' in {precision} needs about {estimate.total_bytes / GIB:.1f} GiB even for a "
+            f"512x512 image ({estimate.weights_bytes / GIB:.1f} GiB weights), but {device} has "
             f"{capacity / GIB:.1f} GiB in total. {advice}"
         )
-    return estimate.weights_bytes, estimate.total_bytes - estimate.weights_bytes
+    return large.weights_bytes, min(large.total_bytes, capacity) - large.weights_bytes
