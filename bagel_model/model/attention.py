@@ -28,10 +28,18 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> t
     qh = q.transpose(0, 1).unsqueeze(0)
     kh = k.transpose(0, 1).unsqueeze(0)
     vh = v.transpose(0, 1).unsqueeze(0)
-    if kv_heads != heads:
-        # enable_gqa is not available on every backend/torch build; repeating the kv heads is always valid.
-        group = heads // kv_heads
-        kh = kh.repeat_interleave(group, dim=1)
-        vh = vh.repeat_interleave(group, dim=1)
-    out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask)
+    if kv_heads == heads:
+        out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask)
+    else:
+        out = _grouped_query_attention(qh, kh, vh, mask, heads // kv_heads)
     return out[0].transpose(0, 1).reshape(num_q, heads * head_dim)
+
+
+def _grouped_query_attention(q, k, v, mask, group: int) -> torch.Tensor:
+    """SDPA's native GQA avoids copying each cached key/value head ``group`` times (torch >= 2.5);
+    older torch gets the explicit repeat, which gives the same values."""
+    try:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+    except TypeError:
+        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
