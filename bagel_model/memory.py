@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .config import BagelConfig
+from .devices import resolve_batch_cfg
 from .errors import BagelError, BagelInputError
 from .param_inventory import TensorSpec, autoencoder_parameter_count, bagel_tensors
 from .quantization import NF4_BLOCKSIZE, PRECISIONS, QUANTIZED_PRECISIONS, check_precision, should_quantize
@@ -179,14 +180,14 @@ def estimate_memory(config: BagelConfig, precision: str, task: str = "t2i", widt
                     height: int = 1024, input_size: tuple[int, int] | None = None,
                     cfg_branches: int | None = None, *, device: str = "cuda",
                     compute_dtype: torch.dtype | None = None, prompt_tokens: int = 128,
-                    generated_tokens: int = 0, policy: str = "default", batch_cfg: bool = True,
+                    generated_tokens: int = 0, policy: str = "default", batch_cfg: bool | None = None,
                     _with_alternatives: bool = True) -> MemoryEstimate:
     """Bytes a ``precision`` load plus one ``task`` call need on ``device``.
 
     ``input_size`` is the (width, height) of the input image of edit/understand; ``generated_tokens`` the
     thinking/answer tokens (``max_new_tokens``); ``cfg_branches`` the branches evaluated per denoising step
-    (default 2 for T2I, 3 for edit); with ``batch_cfg`` (the pipeline default) they run as one LM call, so
-    the decoder activations scale with them.
+    (default 2 for T2I, 3 for edit); with ``batch_cfg`` (None: the pipeline's default for ``device``) they run
+    as one LM call, so the decoder activations scale with them.
     """
     check_precision(precision)
     if task not in TASKS:
@@ -200,6 +201,7 @@ def estimate_memory(config: BagelConfig, precision: str, task: str = "t2i", widt
     kv_bytes = kv_per_token * sum(tokens["contexts"].values())
     largest_context = max(tokens["contexts"].values())
     query = tokens["query_tokens"] or 1
+    batch_cfg = resolve_batch_cfg(batch_cfg, "cuda" if str(device).startswith("cuda") else "cpu")
     branches = (cfg_branches or _DEFAULT_CFG_BRANCHES[task]) if batch_cfg else 1
     lm_peak = (branches * _lm_forward_bytes(config, query, largest_context + query, b)
                + _weight_copy_bytes(config, precision, b))

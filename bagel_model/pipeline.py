@@ -11,7 +11,7 @@ from PIL import Image
 
 from .conditioning import Conditioning, ConditioningBuilder
 from .denoise import denoise
-from .devices import resolve_compute_dtype, resolve_device
+from .devices import resolve_batch_cfg, resolve_compute_dtype, resolve_device
 from .errors import BagelCheckpointError, BagelInputError
 from .framing import GEN_THINK_SYSTEM_PROMPT, VLM_THINK_SYSTEM_PROMPT, SpecialIds, extract_generated_text
 from .images import to_pil, unpatchify_latent
@@ -132,14 +132,16 @@ class BagelPipeline:
                        cfg_renorm_type: str = "global", think: bool = False, max_think_tokens: int = 1000,
                        thinking: str | None = None, seed: int = 0, callback: ProgressFn | None = None,
                        do_sample: bool = False, temperature: float = 0.3,
-                       inputs: list | None = None, batch_cfg: bool = True,
+                       inputs: list | None = None, batch_cfg: bool | None = None,
                        step_cache: str | StepCacheSettings | None = None) -> BagelResult:
-        """``batch_cfg``: run the CFG branches of a step as one LM call (same result, faster).
+        """``batch_cfg``: run the CFG branches of a step as one LM call (same result up to float reordering);
+        None = on for CUDA, off for CPU, where it measured no faster (docs/speed.md).
         ``step_cache``: None (off), ``"taylor"`` or ``StepCacheSettings(...)`` — see docs/speed.md."""
         settings = SamplerSettings(steps, cfg_text_scale, cfg_img_scale, tuple(cfg_interval), timestep_shift,
                                    cfg_renorm_min, cfg_renorm_type)
         items = self._items(None, prompt, inputs)
-        speed = dict(batch_cfg=batch_cfg, step_cache=resolve_step_cache(step_cache))
+        speed = dict(batch_cfg=resolve_batch_cfg(batch_cfg, self.runtime.device),
+                     step_cache=resolve_step_cache(step_cache))
         return self._image_flow(items, settings, (width, height), think, max_think_tokens, thinking, seed,
                                 callback, do_sample, temperature, speed)
 
@@ -148,7 +150,7 @@ class BagelPipeline:
                    cfg_renorm_min: float = 0.0, cfg_renorm_type: str = "text_channel", think: bool = False,
                    max_think_tokens: int = 1000, thinking: str | None = None, output_size=None,
                    seed: int = 0, callback: ProgressFn | None = None, do_sample: bool = False,
-                   temperature: float = 0.3, inputs: list | None = None, batch_cfg: bool = True,
+                   temperature: float = 0.3, inputs: list | None = None, batch_cfg: bool | None = None,
                    step_cache: str | StepCacheSettings | None = None) -> BagelResult:
         """Edits the last image of ``images`` following ``prompt``; output size = the VAE-resized input size
         unless ``output_size`` (width, height) is given. ``batch_cfg``/``step_cache`` as in generate_image."""
@@ -157,7 +159,8 @@ class BagelPipeline:
         items = self._items(images, prompt, inputs)
         if not any(isinstance(item, Image.Image) for item in items):
             raise BagelInputError("edit_image needs at least one input image.")
-        speed = dict(batch_cfg=batch_cfg, step_cache=resolve_step_cache(step_cache))
+        speed = dict(batch_cfg=resolve_batch_cfg(batch_cfg, self.runtime.device),
+                     step_cache=resolve_step_cache(step_cache))
         return self._image_flow(items, settings, output_size, think, max_think_tokens, thinking, seed,
                                 callback, do_sample, temperature, speed)
 

@@ -55,3 +55,32 @@ def test_batched_call_leaves_contexts_unchanged(fp32_pipe):
     for ctx, (length, rope, cache_length, keys) in zip(contexts, before):
         assert (ctx.length, ctx.rope, ctx.cache.length) == (length, rope, cache_length)
         assert torch.equal(ctx.cache.keys(0, ctx.length), keys)
+
+
+def test_batch_cfg_auto_is_on_for_cuda_and_off_for_cpu(monkeypatch, speed_pipe):
+    from bagel_model import branch_velocities, devices
+    from bagel_model.config import BagelConfig
+    from bagel_model.memory import estimate_memory
+
+    assert devices.resolve_batch_cfg(None, "cuda:0") is True
+    assert devices.resolve_batch_cfg(None, "cpu") is False
+    assert devices.resolve_batch_cfg(True, "cpu") is True and devices.resolve_batch_cfg(False, "cuda") is False
+    seen = []
+    original = branch_velocities.BranchVelocities.__init__
+
+    def spy(self, runtime, query, batch_cfg, step_cache):
+        seen.append(batch_cfg)
+        original(self, runtime, query, batch_cfg, step_cache)
+
+    monkeypatch.setattr(branch_velocities.BranchVelocities, "__init__", spy)
+    speed_pipe.generate_image("a red cube", width=32, height=32, steps=2)
+    speed_pipe.generate_image("a red cube", width=32, height=32, steps=2, batch_cfg=True)
+    assert seen == [False, True]  # the pipeline runs on the CPU here
+    # The memory estimate follows the same default: batched branches multiply the decoder activations.
+    config = BagelConfig()
+    gpu = estimate_memory(config, "nf4", "t2i", 1024, 1024, device="cuda", compute_dtype=torch.bfloat16)
+    gpu_sequential = estimate_memory(config, "nf4", "t2i", 1024, 1024, device="cuda",
+                                     compute_dtype=torch.bfloat16, batch_cfg=False)
+    cpu = estimate_memory(config, "nf4", "t2i", 1024, 1024, device="cpu", compute_dtype=torch.bfloat16)
+    assert gpu.details["peaks"]["lm_layer"] > gpu_sequential.details["peaks"]["lm_layer"]
+    assert cpu.details["peaks"]["lm_layer"] == gpu_sequential.details["peaks"]["lm_layer"]

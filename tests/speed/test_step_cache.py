@@ -85,7 +85,7 @@ def test_cli_step_cache_flags_match_the_api(fp32_pipe, speed_checkpoint, tmp_pat
     argv = ["generate", "--model", str(speed_checkpoint), "--compute-dtype", "fp32", "--device", "cpu",
             "--prompt", "a blue bird", "--width", "64", "--height", "64", "--steps", "12", "--seed", "5",
             "--step-cache", "taylor", "--step-cache-warmup", "3", "--step-cache-interval", "2",
-            "--step-cache-order", "1", "--no-batch-cfg", "--out", str(tmp_path / "x.png"),
+            "--step-cache-order", "1", "--batch-cfg", "off", "--out", str(tmp_path / "x.png"),
             "--save-latent", str(tmp_path / "x.safetensors")]
     assert cli.main(argv) == 0
     api = fp32_pipe.generate_image("a blue bird", width=64, height=64, steps=12, seed=5, batch_cfg=False,
