@@ -162,8 +162,10 @@ def _lm_forward_bytes(config: BagelConfig, query: int, keys: int, b: int) -> int
 # Peak of one FLUX autoencoder call, in full-resolution fp32 feature maps of the first level's width
 # (ch x ch_mult[0] = 128 channels): measured on the CPU (real AE dims, fp32) as 4.37-4.48 kB per output pixel
 # for decode at 512²-768² (the 256 -> 128 channel transition at full resolution) and 2.59 kB per input pixel
-# for encode at 512².
+# for encode at 512². The banded decode (model/banded_autoencoder.py, the default on CUDA) measured 5.9 maps at
+# 512² and 5.0 at 1024² (bench/bench_autoencoder.py).
 _AE_DECODE_MAPS = 9.0
+_AE_BANDED_DECODE_MAPS = 6.0
 _AE_ENCODE_MAPS = 5.5
 
 
@@ -209,7 +211,9 @@ def estimate_memory(config: BagelConfig, precision: str, task: str = "t2i", widt
     w, h = tokens["image_size"]
     peaks = {"lm_layer": lm_peak + logits}
     if task in ("t2i", "edit"):
-        peaks["autoencoder_decode"] = _autoencoder_peak(config, w, h, _AE_DECODE_MAPS)
+        banded = str(device).startswith("cuda")  # BagelPipeline.decode_latent's default
+        peaks["autoencoder_decode"] = _autoencoder_peak(config, w, h,
+                                                        _AE_BANDED_DECODE_MAPS if banded else _AE_DECODE_MAPS)
     if task == "edit":
         peaks["autoencoder_encode"] = _autoencoder_peak(config, w, h, _AE_ENCODE_MAPS)
     if task in ("edit", "understand"):

@@ -18,6 +18,7 @@ from .images import to_pil, unpatchify_latent
 from .precision_loading import load_with_precision
 from .quantization import check_precision
 from .quantized_checkpoint import save_quantized
+from .model import banded_autoencoder
 from .model.autoencoder import AutoEncoder
 from .model.bagel import Bagel
 from .model.ops import set_compute_dtype
@@ -229,10 +230,16 @@ class BagelPipeline:
                                  self.config.latent_patch_size)
 
     @torch.no_grad()
-    def decode_latent(self, latent: torch.Tensor) -> Image.Image:
+    def decode_latent(self, latent: torch.Tensor, banded: bool | None = None) -> Image.Image:
+        """Autoencoder decode of a (1, 16, H/8, W/8) latent. ``banded`` (None: on CUDA, where memory is
+        scarce) runs the full-resolution stages in bands of rows: same image up to float rounding, ~40 % less
+        peak memory at 1024² (model/banded_autoencoder.py). Off, it is the official plain fp32 decode."""
         vae = self.model.vae
         weight = vae.decoder.conv_in.weight
-        return to_pil(vae.decode(latent.to(weight.device, weight.dtype)))
+        z = latent.to(weight.device, weight.dtype)
+        if weight.device.type == "cuda" if banded is None else banded:
+            return to_pil(banded_autoencoder.decode(vae, z))
+        return to_pil(vae.decode(z))
 
     def _check_size(self, width: int, height: int) -> None:
         stride, limit = self.config.latent_downsample, self.config.max_image_side
