@@ -69,7 +69,9 @@ MEASURE = textwrap.dedent("""
 
 
 def test_banded_decode_lowers_peak_memory():
-    """512² with a 64-channel decoder: a full-resolution map is 64 MiB; the plain pass holds about nine."""
+    """512² with a 64-channel decoder: a full-resolution map is 64 MiB; the plain pass peaks at about nine of
+    them (measured 576 MiB), the banded one at about six (391 MiB: the 128→64 block's input, conv1 output
+    and output are whole maps by design)."""
     script = MEASURE.format(root=str(ROOT), tests=str(Path(__file__).parent))
     peaks = {}
     for mode in ("plain", "banded"):
@@ -77,4 +79,4 @@ def test_banded_decode_lowers_peak_memory():
         peaks[mode] = json.loads(run.stdout.strip().splitlines()[-1])
     full_map = 64 * 512 * 512 * 4
     assert peaks["plain"] > 6 * full_map, peaks
-    assert peaks["banded"] < 0.7 * peaks["plain"], peaks
+    assert peaks["banded"] < peaks["plain"] - 2 * full_map, peaks
