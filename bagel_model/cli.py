@@ -156,10 +156,9 @@ def _write_outputs(args, result: BagelResult, seconds: float) -> None:
 
 
 def peak_rss_mb() -> float:
-    import resource
+    from .memory import process_peak_rss_bytes
 
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 1024 if sys.platform != "darwin" else peak / 2 ** 20
+    return process_peak_rss_bytes() / 2 ** 20
 
 
 def main(argv: list[str] | None = None) -> int:

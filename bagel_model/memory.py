@@ -296,3 +296,22 @@ def measured_weight_bytes(module: torch.nn.Module) -> int:
             seen.add(key)
             total += tensor.untyped_storage().nbytes()
     return total
+
+
+def process_peak_rss_bytes() -> int:
+    """This process's peak resident memory. Linux: ``VmHWM`` of /proc/self/status, which belongs to the
+    process's own address space. (``getrusage().ru_maxrss`` is carried across ``exec`` from the parent's
+    address space, so a subprocess started by a large parent — e.g. pytest holding models — reports the
+    parent's peak.) Elsewhere ``ru_maxrss``."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024

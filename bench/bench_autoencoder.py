@@ -1,6 +1,6 @@
 """Autoencoder decode: plain vs banded (low-memory) pass, each in a fresh process.
 
-Prints seconds, the peak resident-memory increase over the process before the pass (CPU: ru_maxrss; CUDA:
+Prints seconds, the peak resident-memory increase over the process before the pass (CPU: VmHWM; CUDA:
 torch.cuda.max_memory_allocated) and the max abs difference of the banded output against the plain one.
 
 Usage: python bench/bench_autoencoder.py [--model DIR] [--sizes 512 1024] [--device cpu]
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -24,13 +23,14 @@ sys.path.insert(0, str(ROOT))
 from bagel_model import make_test_checkpoint  # noqa: E402
 from bagel_model.config import BagelConfig  # noqa: E402
 from bagel_model.loading import build_skeleton, load_module_weights  # noqa: E402
+from bagel_model.memory import process_peak_rss_bytes  # noqa: E402
 from bagel_model.model import banded_autoencoder  # noqa: E402
 
 
 def peak_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return process_peak_rss_bytes()
 
 
 def worker(folder: str, size: int, device_name: str, banded: bool) -> dict:

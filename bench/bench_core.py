@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import resource
 import sys
 import tempfile
 import time
@@ -20,6 +19,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bagel_model import BagelPipeline, make_test_checkpoint  # noqa: E402
 from bagel_model.devices import cpu_has_native_bf16  # noqa: E402
+from bagel_model.memory import process_peak_rss_bytes  # noqa: E402
 
 
 class StepTimer:
@@ -37,7 +37,7 @@ class StepTimer:
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return process_peak_rss_bytes() / 2 ** 20
 
 
 def main() -> None:

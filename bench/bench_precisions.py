@@ -12,7 +12,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -25,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from bagel_model import make_test_checkpoint  # noqa: E402
 from bagel_model.config import BagelConfig  # noqa: E402
-from bagel_model.memory import GiB, estimate_memory, official_weight_bytes  # noqa: E402
+from bagel_model.memory import GiB, estimate_memory, official_weight_bytes, process_peak_rss_bytes  # noqa: E402
 
 PRECISIONS = ("bf16", "fp16", "fp32", "nf4", "int8")
 
@@ -63,7 +62,7 @@ def worker(args) -> None:
     _, model, vae = load_with_precision(args.model, args.precision, device, cdtype, policy=args.policy)
     pipe = BagelPipeline(model, vae, tokenizer, cdtype, Path(args.model))
     load_s = time.perf_counter() - start
-    load_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    load_peak = process_peak_rss_bytes()
     result = {"precision": args.precision, "policy": args.policy, "compute_dtype": str(cdtype),
               "load_s": load_s, "baseline_rss": baseline, "load_peak_rss": load_peak,
               "weights": measured_weight_bytes(model), "ae_weights": measured_weight_bytes(vae)}

@@ -21,7 +21,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bagel_model import BagelPipeline, make_test_checkpoint  # noqa: E402
-from bagel_model.config import BagelConfig  # noqa: E402
 from bagel_model.denoise import denoise  # noqa: E402
 from bagel_model.images import unpatchify_latent  # noqa: E402
 from bagel_model.pipeline import EDIT_DEFAULTS, GENERATE_DEFAULTS  # noqa: E402

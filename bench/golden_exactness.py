@@ -7,7 +7,6 @@ import json
 import sys
 from pathlib import Path
 
-import torch
 from PIL import Image
 from safetensors.torch import load_file
 

@@ -55,16 +55,17 @@ def test_pipeline_decode_default_is_plain_on_cpu_and_banded_matches(tiny_pipe):
 
 
 MEASURE = textwrap.dedent("""
-    import json, resource, sys, torch
+    import json, sys, torch
     sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
     from test_banded_autoencoder import random_autoencoder
     from bagel_model.model import banded_autoencoder
+    from bagel_model.memory import process_peak_rss_bytes
     ae = random_autoencoder(ch=64)
     z = torch.randn(1, 16, 64, 64)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = process_peak_rss_bytes()
     with torch.no_grad():
         out = banded_autoencoder.decode(ae, z, 4 * 2 ** 20) if sys.argv[1] == "banded" else ae.decode(z)
-    print(json.dumps((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024))
+    print(json.dumps(process_peak_rss_bytes() - before))
 """)
 
 

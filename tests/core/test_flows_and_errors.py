@@ -130,6 +130,7 @@ def test_cli_all_modes_write_json_png_and_latent(tiny_checkpoint, tmp_path):
     assert latent.dtype == torch.float32 and latent.shape == (1, 16, 4, 6)
     again = _cli("generate", *base, "--prompt", "a cube", "--width", "48", "--height", "32", "--steps", "3",
                  "--out", str(tmp_path / "g2.png"), "--save-latent", str(tmp_path / "g2.safetensors"))
+    assert again.returncode == 0, again.stderr
     assert torch.equal(load_file(tmp_path / "g2.safetensors")["latent"], latent)  # across processes
     edit = _cli("edit", *base, "--image", str(tmp_path / "in.png"), "--prompt", "blue", "--steps", "2",
                 "--out", str(tmp_path / "e.png"), "--json", str(tmp_path / "e.json"))
