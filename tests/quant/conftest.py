@@ -7,9 +7,9 @@ import torch
 
 from bagel_model import BagelPipeline, make_test_checkpoint
 
-from quant_helpers import PRECISIONS, run_flows
+from quant_helpers import PRECISIONS, require_bitsandbytes, run_flows
 
-pytest.importorskip("bitsandbytes")
+require_bitsandbytes()
 
 
 @pytest.fixture(scope="session")

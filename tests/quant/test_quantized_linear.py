@@ -8,7 +8,9 @@ from bagel_model import quantization as q
 from bagel_model.errors import BagelInputError
 from bagel_model.quantized_checkpoint import quantized_linear_from_tensors, quantized_linear_tensors
 
-pytest.importorskip("bitsandbytes")
+from quant_helpers import require_bitsandbytes  # noqa: E402
+
+require_bitsandbytes()
 
 
 def _weights(out_f=96, in_f=128, seed=0):
