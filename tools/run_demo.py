@@ -3,7 +3,8 @@
 With no BAGEL weights in models/bagel it first writes a small random demo checkpoint to
 models/bagel/BAGEL-demo-random (never under the real model's name) and runs on that; the images
 are noise-like, which shows the plumbing works. Usage (from the pack folder inside custom_nodes):
-    python tools/run_demo.py --comfyui ../.. [--workflow bagel_mot_text_to_image]
+    python tools/run_demo.py --comfyui ../.. [--workflow bagel_mot_text_to_image] [--base-directory DIR]
+(--base-directory: ComfyUI's own option: models/, custom_nodes/, input/, output/ and user/ live there.)
 """
 import argparse
 import json
@@ -31,7 +32,7 @@ def real_checkpoint(models_bagel: Path) -> str | None:
     return None
 
 
-def ensure_demo_checkpoint(models_bagel: Path) -> str:
+def ensure_demo_checkpoint(models_bagel: Path, comfyui: Path) -> str:
     """Writes the random `small` demo (with ComfyUI's copy of the real Qwen2.5 tokenizer) if missing."""
     target = models_bagel / DEMO_FOLDER
     if not (target / "llm_config.json").is_file():
@@ -39,19 +40,21 @@ def ensure_demo_checkpoint(models_bagel: Path) -> str:
         from bagel_model import make_test_checkpoint
 
         logger.info("No BAGEL weights found; writing a random demo checkpoint to %s", target)
-        tokenizer = models_bagel.parents[1] / "comfy" / "text_encoders" / "qwen25_tokenizer"
+        tokenizer = comfyui / "comfy" / "text_encoders" / "qwen25_tokenizer"
         make_test_checkpoint(str(target), preset="small",
                              tokenizer_dir=str(tokenizer) if (tokenizer / "vocab.json").is_file() else None)
     return DEMO_FOLDER
 
 
-def start_comfyui(comfyui: Path, log_path: Path):
+def start_comfyui(comfyui: Path, base: Path, log_path: Path):
     import torch
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     command = [sys.executable, "main.py", "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch"]
+    if base != comfyui:
+        command += ["--base-directory", str(base)]
     if not torch.cuda.is_available():
         command.append("--cpu")
     log = open(log_path, "w")
@@ -72,18 +75,20 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--comfyui", type=Path, required=True, help="ComfyUI folder (the one with main.py)")
     parser.add_argument("--workflow", default="bagel_mot_text_to_image", help="a file name in workflows/")
+    parser.add_argument("--base-directory", type=Path, help="ComfyUI base directory (default: the ComfyUI folder)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     comfyui = locate_comfyui(args.comfyui)
     if not (comfyui / "main.py").is_file():
         parser.error(f"{comfyui} has no main.py; pass the ComfyUI folder")
-    models_bagel = comfyui / "models" / "bagel"
+    base = args.base_directory.resolve() if args.base_directory else comfyui
+    models_bagel = base / "models" / "bagel"
     models_bagel.mkdir(parents=True, exist_ok=True)
-    model_folder = real_checkpoint(models_bagel) or ensure_demo_checkpoint(models_bagel)
+    model_folder = real_checkpoint(models_bagel) or ensure_demo_checkpoint(models_bagel, comfyui)
     workflow = json.loads((PACK_ROOT / "workflows" / f"{args.workflow}.json").read_text())
-    log_path = comfyui / "user" / "bagel_mot_demo.log"
-    log_path.parent.mkdir(exist_ok=True)
-    process, client = start_comfyui(comfyui, log_path)
+    log_path = base / "user" / "bagel_mot_demo.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    process, client = start_comfyui(comfyui, base, log_path)
     try:
         prompt = ui_to_api(workflow, client.object_info())
         for node in prompt.values():
@@ -101,7 +106,7 @@ def main() -> int:
         return 1
     for output in entry["outputs"].values():
         for image in output.get("images", []):
-            logger.info("Saved %s", comfyui / "output" / image["subfolder"] / image["filename"])
+            logger.info("Saved %s", base / "output" / image["subfolder"] / image["filename"])
         for text in output.get("text", []):
             logger.info("Text: %s", text)
     return 0
