@@ -6,6 +6,7 @@ PSNR (uint8 RGB), max abs pixel difference, max abs latent difference. Also prin
 step at the real BAGEL-7B-MoT dims for 1024², so GPU timings can be set against the hardware limit.
 
 Usage: python bench/bench_speed.py [--preset small] [--size 512] [--steps 50] [--mode t2i|edit]
+                                   [--device cpu|cuda] [--model DIR (e.g. the real weights on a GPU)]
 """
 from __future__ import annotations
 
@@ -73,13 +74,20 @@ def build(pipe: BagelPipeline, mode: str, size: int, seed: int):
 
 
 def run_variant(pipe, settings: SamplerSettings, cond, cfg_img, query, noise, batch_cfg, step_cache):
+    synchronize(pipe.device)
     start = time.perf_counter()
     packed = denoise(pipe.runtime, settings, query, noise, cond.gen, cond.cfg_text, cfg_img,
                      batch_cfg=batch_cfg, step_cache=step_cache)
+    synchronize(pipe.device)
     seconds = time.perf_counter() - start
     latent = unpatchify_latent(packed, query.grid_h, query.grid_w, pipe.config.latent_channels,
                                pipe.config.latent_patch_size)
     return seconds / (settings.steps - 1), latent, np.asarray(pipe.decode_latent(latent), dtype=np.float64)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -93,24 +101,28 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--mode", default="t2i", choices=["t2i", "edit"])
-    parser.add_argument("--compute-dtype", default="bf16", choices=["bf16", "fp32", "fp16"])
+    parser.add_argument("--compute-dtype", default="bf16", choices=["auto", "bf16", "fp32", "fp16"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--interval", type=int, default=3)
     parser.add_argument("--order", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2, help="timing rounds (the fastest counts)")
-    parser.add_argument("--checkpoint", help="reuse this test checkpoint folder")
+    parser.add_argument("--checkpoint", "--model", help="reuse this checkpoint folder (a test one or real weights)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="bf16")
     args = parser.parse_args()
 
     folder = Path(args.checkpoint) if args.checkpoint else \
         make_test_checkpoint(Path(tempfile.mkdtemp()) / f"BAGEL-{args.preset}", args.preset, seed=0)
-    pipe = BagelPipeline.from_pretrained(folder, device="cpu", compute_dtype=args.compute_dtype)
+    pipe = BagelPipeline.from_pretrained(folder, precision=args.precision, device=args.device,
+                                         compute_dtype=args.compute_dtype)
     settings, cond, cfg_img, query, noise = build(pipe, args.mode, args.size, args.seed)
     settings = SamplerSettings(args.steps, *[getattr(settings, f) for f in (
         "cfg_text_scale", "cfg_img_scale", "cfg_interval", "timestep_shift", "cfg_renorm_min", "cfg_renorm_type")])
     cache = StepCacheSettings("taylor", args.warmup, args.interval, args.order)
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; preset {args.preset} (LM hidden {pipe.config.llm.hidden_size}, "
+          f"{torch.get_num_threads()} threads, device {pipe.device}, {args.precision} weights; "
+          f"preset {args.preset if not args.checkpoint else folder} (LM hidden {pipe.config.llm.hidden_size}, "
           f"{pipe.config.llm.num_hidden_layers} layers); compute dtype {pipe.compute_dtype}")
     print(f"mode {args.mode}, {query.grid_w * 16}x{query.grid_h * 16} px ({query.num_tokens} latent tokens), "
           f"{args.steps} timesteps ({args.steps - 1} evaluations), contexts: gen {cond.gen.length} tok, "
