@@ -15,6 +15,8 @@ from .step_cache import StepCacheSettings
 log = logging.getLogger("bagel_model")
 
 
+BATCH_CFG_CHOICES = {"auto": None, "on": True, "off": False}  # None: the pipeline decides per device
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="BAGEL checkpoint folder")
     parser.add_argument("--precision", default="bf16", help="weight precision: bf16, fp16, fp32, nf4, int8")
@@ -35,7 +37,7 @@ def _sampler(parser: argparse.ArgumentParser, defaults) -> None:
                         choices=["global", "channel", "text_channel"])
     parser.add_argument("--think", action="store_true", help="write a plan before the image")
     parser.add_argument("--max-think-tokens", type=int, default=1000, help="new tokens of the plan")
-    parser.add_argument("--batch-cfg", default="auto", choices=["auto", "on", "off"],
+    parser.add_argument("--batch-cfg", default="auto", choices=list(BATCH_CFG_CHOICES),
                         help="run the CFG branches of a step as one LM call (same result); auto = on for CUDA, "
                              "off for CPU, where it measured no faster")
     parser.add_argument("--step-cache", default="off", choices=["off", "taylor"],
@@ -111,7 +113,7 @@ def _sampler_kwargs(args) -> dict:
     return dict(steps=args.steps, cfg_text_scale=args.cfg_text_scale, cfg_img_scale=args.cfg_img_scale,
                 cfg_interval=tuple(args.cfg_interval), timestep_shift=args.timestep_shift,
                 cfg_renorm_min=args.cfg_renorm_min, cfg_renorm_type=args.cfg_renorm_type, think=args.think,
-                max_think_tokens=args.max_think_tokens, seed=args.seed, batch_cfg={'auto': None, 'on': True, 'off': False}[args.batch_cfg],
+                max_think_tokens=args.max_think_tokens, seed=args.seed, batch_cfg=BATCH_CFG_CHOICES[args.batch_cfg],
                 step_cache=_step_cache(args))
 
 

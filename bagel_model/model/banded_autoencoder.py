@@ -1,10 +1,11 @@
 """Low-memory autoencoder decode: the full-resolution stages run in bands of rows.
 
 A plain FLUX decode at 1024² keeps several full-resolution feature maps alive at once (the 256→128 channel
-ResNet block at 1024² holds its input, GroupNorm output, sigmoid and product: ≈4.5 GB in fp32), which decides
-whether an NF4 model fits a 12 GB GPU. Here every 3×3 convolution is computed band by band from the rows it
-needs (one halo row each side), and GroupNorm → swish is applied to those rows only, using statistics computed once over the whole map. So a ResNet block holds its input, the
-conv1 output and its own output, plus one band of temporaries — never the normalised/activated maps.
+ResNet block at 1024² holds its input, GroupNorm output, sigmoid and product: ≈4 GB in fp32), the largest
+transient of an NF4 text-to-image run at 1024². Here every 3×3 convolution is computed band by band from the
+rows it needs (one halo row each side), and GroupNorm → swish is applied to those rows only, using statistics
+computed once over the whole map. So a ResNet block holds its input, the conv1 output and its own output, plus
+one band of temporaries — never the normalised/activated maps.
 
 Same arithmetic as the plain modules except two reorderings: GroupNorm statistics come from ``var_mean`` and
 are applied as ``(x − mean)·rstd·γ + β`` (PyTorch's fused kernel rounds slightly differently), and a
