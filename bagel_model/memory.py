@@ -163,10 +163,12 @@ def _lm_forward_bytes(config: BagelConfig, query: int, keys: int, b: int) -> int
 # Peak of one FLUX autoencoder call, in full-resolution fp32 feature maps of the first level's width
 # (ch x ch_mult[0] = 128 channels): measured on the CPU (real AE dims, fp32) as 4.37-4.48 kB per output pixel
 # for decode at 512²-768² (the 256 -> 128 channel transition at full resolution) and 2.59 kB per input pixel
-# for encode at 512². The banded decode (model/banded_autoencoder.py, the default on CUDA) measured 5.9 maps at
-# 512² and 5.0 at 1024² (bench/bench_autoencoder.py).
+# for encode at 512². The banded decode (model/banded_autoencoder.py, the default on CUDA) measured +629 MiB at
+# 512² and +1690 MiB at 1024² (bench/bench_autoencoder.py): 2.8 maps plus ~275 MiB of size-independent
+# temporaries; rounded up to 3 maps + 300 MiB.
 _AE_DECODE_MAPS = 9.0
-_AE_BANDED_DECODE_MAPS = 6.0
+_AE_BANDED_DECODE_MAPS = 3.0
+_AE_BANDED_FIXED_BYTES = 300 * 2 ** 20
 _AE_ENCODE_MAPS = 5.5
 
 
@@ -213,8 +215,9 @@ def estimate_memory(config: BagelConfig, precision: str, task: str = "t2i", widt
     peaks = {"lm_layer": lm_peak + logits}
     if task in ("t2i", "edit"):
         banded = str(device).startswith("cuda")  # BagelPipeline.decode_latent's default
-        peaks["autoencoder_decode"] = _autoencoder_peak(config, w, h,
-                                                        _AE_BANDED_DECODE_MAPS if banded else _AE_DECODE_MAPS)
+        peaks["autoencoder_decode"] = (
+            _autoencoder_peak(config, w, h, _AE_BANDED_DECODE_MAPS) + _AE_BANDED_FIXED_BYTES if banded
+            else _autoencoder_peak(config, w, h, _AE_DECODE_MAPS))
     if task == "edit":
         peaks["autoencoder_encode"] = _autoencoder_peak(config, w, h, _AE_ENCODE_MAPS)
     if task in ("edit", "understand"):

@@ -5,118 +5,195 @@ ResNet block at 1024² holds its input, GroupNorm output, sigmoid and product: �
 transient of an NF4 text-to-image run at 1024². Here every 3×3 convolution is computed band by band from the
 rows it needs (one halo row each side), and GroupNorm → swish is applied to those rows only, using statistics
 computed once over the whole map. So a ResNet block holds its input, the conv1 output and its own output, plus
-one band of temporaries — never the normalised/activated maps.
+one band of temporaries — never the normalised/activated maps. The output of each ×2 upsample (the largest
+map: 256 channels at full resolution before the last stage) is not stored at all: the next block reads its
+rows straight from the upsample conv, computing them twice (once for the GroupNorm statistics, once for
+conv1 and the shortcut) — about one extra 3×3 conv per stage for a much lower peak.
 
 Same arithmetic as the plain modules except two reorderings: GroupNorm statistics come from ``var_mean`` and
-are applied as ``(x − mean)·rstd·γ + β`` (PyTorch's fused kernel rounds slightly differently), and a
-convolution over a band may pick another kernel than over the whole map. Results equal the plain pass to
+are applied as ``(x − mean)·rstd·γ + β`` (PyTorch's fused kernel rounds slightly differently; for an upsample
+output they are summed band by band in float64), and a convolution over a band may pick another kernel than
+over the whole map. Results equal the plain pass to
 float rounding (measured max abs difference 2.5e-6 on decoded values in [-1, 1]; tested).
 
-Measured with the full-size FLUX decoder on a CPU (bench/bench_autoencoder.py): peak +4123 MiB plain vs +2547
-MiB banded at 1024², 75.5 s vs 92.3 s. The encoder is not banded: its top level keeps 128 channels, and the
-same scheme measured no lower peak there.
+Measured with the full-size FLUX decoder on a CPU (bench/bench_autoencoder.py): peak +4122 MiB plain vs +1690
+MiB banded at 1024², 73 s vs 103 s (512²: +1101 vs +629 MiB). The encoder is not banded: its top level keeps
+128 channels, and banding its ResNet blocks measured no lower peak there.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .autoencoder import AutoEncoder, ResnetBlock, Upsample, swish
+from .autoencoder import AttnBlock, AutoEncoder, ResnetBlock, Upsample, swish
 
-RowSource = Callable[[int, int], torch.Tensor]  # rows [a, b) of a conv input, shape (B, C, b - a, W)
+RowSource = Callable[[int, int], torch.Tensor]  # rows [a, z) of a map, shape (B, C, z - a, W)
+Stats = tuple[torch.Tensor, torch.Tensor]  # GroupNorm mean and 1/std per (batch, group), shaped (B, G, 1, 1, 1)
 
 BAND_BYTES = 32 * 2 ** 20  # target size of one band temporary
+QUERY_CHUNK = 1024  # mid-block attention queries per call: 1024 × 16384 keys × 4 B = 64 MiB of scores at 1024²
 
 
 def band_rows(channels: int, width: int, element_size: int, band_bytes: int = BAND_BYTES) -> int:
     return max(1, band_bytes // max(1, channels * width * element_size))
 
 
-def group_norm_stats(x: torch.Tensor, norm: nn.GroupNorm) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per (batch, group) mean and 1/std of ``x``, shaped (B, G, 1, 1, 1) for broadcasting over rows."""
-    grouped = x.reshape(x.shape[0], norm.num_groups, -1).float()
-    var, mean = torch.var_mean(grouped, dim=-1, unbiased=False)
-    rstd = torch.rsqrt(var + norm.eps)
-    shape = (x.shape[0], norm.num_groups, 1, 1, 1)
-    return mean.reshape(shape), rstd.reshape(shape)
+@dataclass
+class RowMap:
+    """A feature map known by its shape and a way to get any band of its rows: a stored tensor, or rows
+    computed on demand (the output of an upsample conv)."""
+
+    rows: RowSource
+    shape: tuple[int, int, int, int]
+    dtype: torch.dtype
+    device: torch.device
+    stored: torch.Tensor | None = None
+
+    @classmethod
+    def of(cls, x: torch.Tensor) -> "RowMap":
+        return cls(lambda a, z: x[:, :, a:z], tuple(x.shape), x.dtype, x.device, x)
+
+    def new_empty(self, channels: int) -> torch.Tensor:
+        b, _, height, width = self.shape
+        return torch.empty(b, channels, height, width, dtype=self.dtype, device=self.device)
+
+    def stats(self, norm: nn.GroupNorm, band: int) -> Stats:
+        b, groups = self.shape[0], norm.num_groups
+        if self.stored is not None:
+            grouped = self.stored.reshape(b, groups, -1).float()
+            var, mean = torch.var_mean(grouped, dim=-1, unbiased=False)
+        else:  # one pass over computed bands; float64 sums keep E[x²] − E[x]² exact enough
+            total = torch.zeros(b, groups, dtype=torch.float64, device=self.device)
+            squares = torch.zeros_like(total)
+            for r0 in range(0, self.shape[2], band):
+                part = self.rows(r0, min(self.shape[2], r0 + band)).double().reshape(b, groups, -1)
+                total += part.sum(-1)
+                squares += (part * part).sum(-1)
+            count = self.shape[1] // groups * self.shape[2] * self.shape[3]
+            mean64 = total / count
+            var, mean = (squares / count - mean64 * mean64).float(), mean64.float()
+        rstd = torch.rsqrt(var + norm.eps)
+        return mean.reshape(b, groups, 1, 1, 1), rstd.reshape(b, groups, 1, 1, 1)
 
 
-def normalized_swish_rows(x: torch.Tensor, norm: nn.GroupNorm, stats) -> RowSource:
-    """Rows of ``swish(norm(x))`` with whole-map statistics ``stats``."""
+def normalize_swish(part: torch.Tensor, norm: nn.GroupNorm, stats: Stats) -> torch.Tensor:
+    """``swish(norm(rows))`` for a band of rows, with whole-map statistics."""
     mean, rstd = stats
-    b, c, _, w = x.shape
-    groups = norm.num_groups
-    weight = norm.weight.view(1, c, 1, 1)
-    bias = norm.bias.view(1, c, 1, 1)
-
-    def rows(a: int, z: int) -> torch.Tensor:
-        part = x[:, :, a:z].float().reshape(b, groups, c // groups, z - a, w)
-        part = ((part - mean) * rstd).reshape(b, c, z - a, w).to(x.dtype)
-        return swish(part * weight + bias)
-
-    return rows
+    b, c, rows, w = part.shape
+    grouped = part.float().reshape(b, norm.num_groups, c // norm.num_groups, rows, w)
+    normed = ((grouped - mean) * rstd).reshape(b, c, rows, w).to(part.dtype)
+    return swish(normed * norm.weight.view(1, c, 1, 1) + norm.bias.view(1, c, 1, 1))
 
 
-def conv3x3_rows(source: RowSource, height: int, conv: nn.Conv2d, out: torch.Tensor, band: int) -> torch.Tensor:
-    """``out = conv(input)`` for a 3×3, stride-1, padding-1 ``conv`` whose input rows come from ``source``.
-    Rows outside the map are the conv's zero padding."""
+def halo(r0: int, r1: int, height: int) -> tuple[int, int]:
+    """Input rows [a, z) a 3×3 conv needs for output rows [r0, r1) (clipped to the map)."""
+    return max(0, r0 - 1), min(height, r1 + 1)
+
+
+def conv_rows(rows: torch.Tensor, conv: nn.Conv2d, r0: int, r1: int, a: int, z: int) -> torch.Tensor:
+    """Output rows [r0, r1) of a 3×3, stride-1, padding-1 ``conv`` from its input rows [a, z) = halo(r0, r1);
+    rows outside the map are the conv's zero padding."""
+    padded = F.pad(rows, (0, 0, a - (r0 - 1), (r1 + 1) - z))
+    return F.conv2d(padded, conv.weight, conv.bias, padding=(0, 1))
+
+
+def conv_band(source: RowSource, height: int, conv: nn.Conv2d, r0: int, r1: int) -> torch.Tensor:
+    a, z = halo(r0, r1, height)
+    return conv_rows(source(a, z), conv, r0, r1, a, z)
+
+
+def conv3x3_rows(source: RowSource, height: int, conv: nn.Conv2d, out: torch.Tensor, band: int,
+                 accumulate: bool = False) -> torch.Tensor:
+    """``out = conv(input)`` (or ``out += …``) band by band."""
     for r0 in range(0, height, band):
         r1 = min(height, r0 + band)
-        a, z = max(0, r0 - 1), min(height, r1 + 1)
-        rows = F.pad(source(a, z), (0, 0, a - (r0 - 1), (r1 + 1) - z))
-        out[:, :, r0:r1] = F.conv2d(rows, conv.weight, conv.bias, padding=(0, 1))
+        if accumulate:
+            out[:, :, r0:r1] += conv_band(source, height, conv, r0, r1)
+        else:
+            out[:, :, r0:r1] = conv_band(source, height, conv, r0, r1)
     return out
 
 
-def resnet_block(block: ResnetBlock, x: torch.Tensor, band_bytes: int = BAND_BYTES) -> torch.Tensor:
-    b, _, height, width = x.shape
+def resnet_block(block: ResnetBlock, x: RowMap | torch.Tensor, band_bytes: int = BAND_BYTES) -> torch.Tensor:
+    """``shortcut(x) + conv2(swish(norm2(conv1(swish(norm1(x))))))``; x's rows are read once per band
+    (with a halo row each side) for conv1 and the shortcut together."""
+    x = x if isinstance(x, RowMap) else RowMap.of(x)
+    _, channels, height, width = x.shape
     out_channels = block.conv1.out_channels
-    band = band_rows(max(x.shape[1], out_channels), width, x.element_size(), band_bytes)
-    h = conv3x3_rows(normalized_swish_rows(x, block.norm1, group_norm_stats(x, block.norm1)), height,
-                     block.conv1, x.new_empty(b, out_channels, height, width), band)
-    out = conv3x3_rows(normalized_swish_rows(h, block.norm2, group_norm_stats(h, block.norm2)), height,
-                       block.conv2, x.new_empty(b, out_channels, height, width), band)
-    del h
+    band = band_rows(max(channels, out_channels), width, torch.empty(0, dtype=x.dtype).element_size(),
+                     band_bytes)
+    stats = x.stats(block.norm1, band)
+    h, out = x.new_empty(out_channels), x.new_empty(out_channels)
     shortcut = getattr(block, "nin_shortcut", None)
     for r0 in range(0, height, band):
-        rows = x[:, :, r0:r0 + band]
-        out[:, :, r0:r0 + band] += shortcut(rows) if shortcut is not None else rows
-    return out
+        r1 = min(height, r0 + band)
+        a, z = halo(r0, r1, height)
+        rows = x.rows(a, z)
+        h[:, :, r0:r1] = conv_rows(normalize_swish(rows, block.norm1, stats), block.conv1, r0, r1, a, z)
+        own = rows[:, :, r0 - a:r1 - a]
+        out[:, :, r0:r1] = shortcut(own) if shortcut is not None else own
+        del rows, own
+    h_map = RowMap.of(h)
+    stats2 = h_map.stats(block.norm2, band)
+    # plain order is shortcut + h2: addition commutes, so accumulating into the shortcut is the same value
+    return conv3x3_rows(lambda a, z: normalize_swish(h[:, :, a:z], block.norm2, stats2), height, block.conv2,
+                        out, band, accumulate=True)
 
 
-def upsample(module: Upsample, x: torch.Tensor, band_bytes: int = BAND_BYTES) -> torch.Tensor:
-    """Nearest ×2 then 3×3 conv, without materialising the upsampled input."""
+def upsampled(module: Upsample, x: torch.Tensor, band_bytes: int = BAND_BYTES) -> RowMap:
+    """The output of nearest ×2 + 3×3 conv as rows computed on demand (never stored whole)."""
     b, c, height, width = x.shape
 
-    def rows(a: int, z: int) -> torch.Tensor:  # rows [a, z) of the ×2 nearest-upsampled map
+    def doubled(a: int, z: int) -> torch.Tensor:  # rows [a, z) of the ×2 nearest-upsampled input
         first = a // 2
-        doubled = F.interpolate(x[:, :, first:(z + 1) // 2], scale_factor=2.0, mode="nearest")
-        return doubled[:, :, a - 2 * first:z - 2 * first]
+        return F.interpolate(x[:, :, first:(z + 1) // 2], scale_factor=2.0, mode="nearest")[
+            :, :, a - 2 * first:z - 2 * first]
 
-    out = x.new_empty(b, module.conv.out_channels, 2 * height, 2 * width)
-    return conv3x3_rows(rows, 2 * height, module.conv, out, band_rows(c, 2 * width, x.element_size(), band_bytes))
+    def rows(a: int, z: int) -> torch.Tensor:
+        return torch.cat([conv_band(doubled, 2 * height, module.conv, r0, min(z, r0 + band))
+                          for r0 in range(a, z, band)], dim=2)
+
+    band = band_rows(c, 2 * width, x.element_size(), band_bytes)
+    return RowMap(rows, (b, module.conv.out_channels, 2 * height, 2 * width), x.dtype, x.device)
+
+
+def attention_block(block: AttnBlock, x: torch.Tensor, query_chunk: int = QUERY_CHUNK) -> torch.Tensor:
+    """``block(x)`` with the queries in chunks: where SDPA falls back to its math kernel (measured on the CPU
+    for this single 512-wide head) the full 16384² score matrix of a 1024² decode would take 2 GiB. Each
+    query's softmax only sees its own row of scores, so chunking queries changes no arithmetic."""
+    h = block.norm(x)
+    b, c, height, width = h.shape
+    q, k, v = (proj(h).reshape(b, 1, c, height * width).transpose(2, 3) for proj in (block.q, block.k, block.v))
+    del h
+    out = torch.cat([F.scaled_dot_product_attention(q[:, :, i:i + query_chunk], k, v)
+                     for i in range(0, q.shape[2], query_chunk)], dim=2)
+    return x + block.proj_out(out.transpose(2, 3).reshape(b, c, height, width))
 
 
 def norm_swish_conv(norm: nn.GroupNorm, conv: nn.Conv2d, x: torch.Tensor, band_bytes: int = BAND_BYTES):
-    """``conv(swish(norm(x)))`` for the output heads (``norm_out`` → ``conv_out``)."""
+    """``conv(swish(norm(x)))`` for the output head (``norm_out`` → ``conv_out``)."""
     b, c, height, width = x.shape
+    band = band_rows(c, width, x.element_size(), band_bytes)
+    stats = RowMap.of(x).stats(norm, band)
     out = x.new_empty(b, conv.out_channels, height, width)
-    return conv3x3_rows(normalized_swish_rows(x, norm, group_norm_stats(x, norm)), height, conv, out,
-                        band_rows(c, width, x.element_size(), band_bytes))
+    return conv3x3_rows(lambda a, z: normalize_swish(x[:, :, a:z], norm, stats), height, conv, out, band)
 
 
 @torch.no_grad()
 def decode(ae: AutoEncoder, z: torch.Tensor, band_bytes: int = BAND_BYTES) -> torch.Tensor:
-    """Same as ``ae.decode(z)`` with bounded full-resolution temporaries (the mid block runs as is: it works
-    at 1/8 resolution and its attention needs the whole map)."""
-    decoder = ae.decoder
-    h = decoder.mid(decoder.conv_in(z / ae.config.scale_factor + ae.config.shift_factor))
+    """Same as ``ae.decode(z)`` with bounded temporaries."""
+    decoder, mid = ae.decoder, ae.decoder.mid
+    h: RowMap | torch.Tensor = decoder.conv_in(z / ae.config.scale_factor + ae.config.shift_factor)
+    h = resnet_block(mid.block_2, attention_block(mid.attn_1, resnet_block(mid.block_1, h, band_bytes)), band_bytes)
     for stage in reversed(decoder.up):
         for block in stage.block:
             h = resnet_block(block, h, band_bytes)
         if hasattr(stage, "upsample"):
-            h = upsample(stage.upsample, h, band_bytes)
+            h = upsampled(stage.upsample, h, band_bytes)
+    if isinstance(h, RowMap):  # a decoder whose last stage upsamples (not FLUX's layout)
+        h = h.rows(0, h.shape[2])
     return norm_swish_conv(decoder.norm_out, decoder.conv_out, h, band_bytes)
