@@ -241,14 +241,26 @@ def estimate_memory(config: BagelConfig, precision: str, task: str = "t2i", widt
 
 
 def available_memory(device: torch.device | str) -> int:
-    """Free bytes on ``device``: CUDA free memory, or the host's available RAM for the CPU."""
+    """Free bytes on ``device``: CUDA free memory plus PyTorch's cached but unused blocks, or the host's
+    available RAM for the CPU."""
     device = torch.device(device)
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
+        return int(free) + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     import psutil
 
     return int(psutil.virtual_memory().available)
+
+
+def batch_cfg_fits(config: BagelConfig, device: torch.device | str, query_tokens: int, longest_context: int,
+                   branches: int, compute_dtype: torch.dtype, free_bytes: int | None = None) -> bool:
+    """Whether one LM call over ``branches`` stacked CFG branches fits in what is free on ``device`` now (the
+    decoder-layer activations grow with the branches; weights and KV caches are already resident)."""
+    if branches <= 1:
+        return True
+    b = torch.empty(0, dtype=compute_dtype).element_size()
+    needed = branches * _lm_forward_bytes(config, query_tokens, longest_context + query_tokens, b)
+    return needed <= (available_memory(device) if free_bytes is None else free_bytes)
 
 
 def check_fits(estimate: MemoryEstimate, available_bytes: int | None, device: torch.device | str) -> None:

@@ -15,6 +15,7 @@ from .devices import resolve_batch_cfg, resolve_compute_dtype, resolve_device
 from .errors import BagelCheckpointError, BagelInputError
 from .framing import GEN_THINK_SYSTEM_PROMPT, VLM_THINK_SYSTEM_PROMPT, SpecialIds, extract_generated_text
 from .images import to_pil, unpatchify_latent
+from .memory import batch_cfg_fits
 from .precision_loading import load_with_precision
 from .quantization import check_precision
 from .quantized_checkpoint import save_quantized
@@ -141,8 +142,7 @@ class BagelPipeline:
         settings = SamplerSettings(steps, cfg_text_scale, cfg_img_scale, tuple(cfg_interval), timestep_shift,
                                    cfg_renorm_min, cfg_renorm_type)
         items = self._items(None, prompt, inputs)
-        speed = dict(batch_cfg=resolve_batch_cfg(batch_cfg, self.runtime.device),
-                     step_cache=resolve_step_cache(step_cache))
+        speed = dict(batch_cfg=batch_cfg, step_cache=resolve_step_cache(step_cache))
         return self._image_flow(items, settings, (width, height), think, max_think_tokens, thinking, seed,
                                 callback, do_sample, temperature, speed)
 
@@ -160,8 +160,7 @@ class BagelPipeline:
         items = self._items(images, prompt, inputs)
         if not any(isinstance(item, Image.Image) for item in items):
             raise BagelInputError("edit_image needs at least one input image.")
-        speed = dict(batch_cfg=resolve_batch_cfg(batch_cfg, self.runtime.device),
-                     step_cache=resolve_step_cache(step_cache))
+        speed = dict(batch_cfg=batch_cfg, step_cache=resolve_step_cache(step_cache))
         return self._image_flow(items, settings, output_size, think, max_think_tokens, thinking, seed,
                                 callback, do_sample, temperature, speed)
 
@@ -225,9 +224,24 @@ class BagelPipeline:
         query = self.runtime.generation_query(height, width)
         noise = torch.randn((query.num_tokens, self.config.patch_latent_dim), generator=generator,
                             dtype=torch.float32)
-        packed = denoise(self.runtime, settings, query, noise, cond.gen, cond.cfg_text, cfg_img, callback, **speed)
+        contexts = [cond.gen, cond.cfg_text] + ([cfg_img] if cfg_img is not None else [])
+        batch_cfg = self._choose_batch_cfg(speed["batch_cfg"], query, contexts)
+        packed = denoise(self.runtime, settings, query, noise, cond.gen, cond.cfg_text, cfg_img, callback,
+                         batch_cfg=batch_cfg, step_cache=speed["step_cache"])
         return unpatchify_latent(packed, query.grid_h, query.grid_w, self.config.latent_channels,
                                  self.config.latent_patch_size)
+
+    def _choose_batch_cfg(self, requested: bool | None, query, contexts) -> bool:
+        """The device default (``resolve_batch_cfg``), except that an automatic choice falls back to one
+        branch at a time when the stacked call would not fit in the free memory (same result, less memory)."""
+        batch = resolve_batch_cfg(requested, self.device)
+        if requested is None and batch and not batch_cfg_fits(
+                self.config, self.device, query.num_tokens + 2, max(ctx.length for ctx in contexts),
+                len(contexts), self.compute_dtype):
+            log.info("Not enough free memory on %s to run %d CFG branches in one call at %d latent tokens; "
+                     "running them one at a time (same result).", self.device, len(contexts), query.num_tokens)
+            return False
+        return batch
 
     @torch.no_grad()
     def decode_latent(self, latent: torch.Tensor, banded: bool | None = None) -> Image.Image:

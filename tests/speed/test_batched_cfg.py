@@ -84,3 +84,39 @@ def test_batch_cfg_auto_is_on_for_cuda_and_off_for_cpu(monkeypatch, speed_pipe):
     cpu = estimate_memory(config, "nf4", "t2i", 1024, 1024, device="cpu", compute_dtype=torch.bfloat16)
     assert gpu.details["peaks"]["lm_layer"] > gpu_sequential.details["peaks"]["lm_layer"]
     assert cpu.details["peaks"]["lm_layer"] == gpu_sequential.details["peaks"]["lm_layer"]
+
+
+def test_batch_cfg_fits_compares_stacked_activations_with_free_memory():
+    from bagel_model.config import BagelConfig
+    from bagel_model.memory import batch_cfg_fits
+
+    config = BagelConfig()  # real dims: 1024² edit, ~6.7k-token context: ~1.03 GiB per branch and layer
+    args = (config, "cuda", 4098, 6700)
+    free = int(2.5 * 2 ** 30)
+    assert batch_cfg_fits(*args, branches=1, compute_dtype=torch.bfloat16, free_bytes=0)
+    assert batch_cfg_fits(*args, branches=2, compute_dtype=torch.bfloat16, free_bytes=free)
+    assert not batch_cfg_fits(*args, branches=3, compute_dtype=torch.bfloat16, free_bytes=free)
+    assert batch_cfg_fits(*args, branches=3, compute_dtype=torch.bfloat16, free_bytes=4 * free)
+
+
+def test_automatic_batching_falls_back_when_memory_is_short(monkeypatch, speed_pipe):
+    """On a GPU 'auto' batches, unless the stacked call would not fit now; an explicit True always batches."""
+    from bagel_model import branch_velocities, pipeline
+
+    seen = []
+    original = branch_velocities.BranchVelocities.__init__
+
+    def spy(self, runtime, query, batch_cfg, step_cache):
+        seen.append(batch_cfg)
+        original(self, runtime, query, batch_cfg, step_cache)
+
+    monkeypatch.setattr(branch_velocities.BranchVelocities, "__init__", spy)
+    monkeypatch.setattr(pipeline, "resolve_batch_cfg", lambda requested, device: True if requested is None
+                        else bool(requested))  # as on CUDA
+    fits = []
+    monkeypatch.setattr(pipeline, "batch_cfg_fits", lambda *args, **kwargs: fits[-1])
+    for room in (True, False):
+        fits.append(room)
+        speed_pipe.edit_image([RED], "make it blue", steps=2, seed=2)
+    speed_pipe.edit_image([RED], "make it blue", steps=2, seed=2, batch_cfg=True)
+    assert seen == [True, False, True]
