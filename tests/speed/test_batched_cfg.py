@@ -4,6 +4,7 @@ In bf16 (the parity dtype) the results are bit-identical on this CPU, so those c
 over very few rows (a 3x2 latent grid) may take another kernel and reorder sums, so fp32 end-to-end results are
 compared within float-reordering tolerance.
 """
+import pytest
 import torch
 from PIL import Image
 
@@ -57,14 +58,11 @@ def test_batched_call_leaves_contexts_unchanged(fp32_pipe):
         assert torch.equal(ctx.cache.keys(0, ctx.length), keys)
 
 
-def test_batch_cfg_auto_is_on_for_cuda_and_off_for_cpu(monkeypatch, speed_pipe):
-    from bagel_model import branch_velocities, devices
-    from bagel_model.config import BagelConfig
-    from bagel_model.memory import estimate_memory
+@pytest.fixture
+def batch_choices(monkeypatch) -> list:
+    """The batch_cfg value each denoise call received, in order."""
+    from bagel_model import branch_velocities
 
-    assert devices.resolve_batch_cfg(None, "cuda:0") is True
-    assert devices.resolve_batch_cfg(None, "cpu") is False
-    assert devices.resolve_batch_cfg(True, "cpu") is True and devices.resolve_batch_cfg(False, "cuda") is False
     seen = []
     original = branch_velocities.BranchVelocities.__init__
 
@@ -73,9 +71,20 @@ def test_batch_cfg_auto_is_on_for_cuda_and_off_for_cpu(monkeypatch, speed_pipe):
         original(self, runtime, query, batch_cfg, step_cache)
 
     monkeypatch.setattr(branch_velocities.BranchVelocities, "__init__", spy)
+    return seen
+
+
+def test_batch_cfg_auto_is_on_for_cuda_and_off_for_cpu(batch_choices, speed_pipe):
+    from bagel_model import devices
+    from bagel_model.config import BagelConfig
+    from bagel_model.memory import estimate_memory
+
+    assert devices.resolve_batch_cfg(None, "cuda:0") is True
+    assert devices.resolve_batch_cfg(None, "cpu") is False
+    assert devices.resolve_batch_cfg(True, "cpu") is True and devices.resolve_batch_cfg(False, "cuda") is False
     speed_pipe.generate_image("a red cube", width=32, height=32, steps=2)
     speed_pipe.generate_image("a red cube", width=32, height=32, steps=2, batch_cfg=True)
-    assert seen == [False, True]  # the pipeline runs on the CPU here
+    assert batch_choices == [False, True]  # the pipeline runs on the CPU here
     # The memory estimate follows the same default: batched branches multiply the decoder activations.
     config = BagelConfig()
     gpu = estimate_memory(config, "nf4", "t2i", 1024, 1024, device="cuda", compute_dtype=torch.bfloat16)
@@ -99,18 +108,10 @@ def test_batch_cfg_fits_compares_stacked_activations_with_free_memory():
     assert batch_cfg_fits(*args, branches=3, compute_dtype=torch.bfloat16, free_bytes=4 * free)
 
 
-def test_automatic_batching_falls_back_when_memory_is_short(monkeypatch, speed_pipe):
+def test_automatic_batching_falls_back_when_memory_is_short(monkeypatch, batch_choices, speed_pipe):
     """On a GPU 'auto' batches, unless the stacked call would not fit now; an explicit True always batches."""
-    from bagel_model import branch_velocities, pipeline
+    from bagel_model import pipeline
 
-    seen = []
-    original = branch_velocities.BranchVelocities.__init__
-
-    def spy(self, runtime, query, batch_cfg, step_cache):
-        seen.append(batch_cfg)
-        original(self, runtime, query, batch_cfg, step_cache)
-
-    monkeypatch.setattr(branch_velocities.BranchVelocities, "__init__", spy)
     monkeypatch.setattr(pipeline, "resolve_batch_cfg", lambda requested, device: True if requested is None
                         else bool(requested))  # as on CUDA
     fits = []
@@ -119,4 +120,4 @@ def test_automatic_batching_falls_back_when_memory_is_short(monkeypatch, speed_p
         fits.append(room)
         speed_pipe.edit_image([RED], "make it blue", steps=2, seed=2)
     speed_pipe.edit_image([RED], "make it blue", steps=2, seed=2, batch_cfg=True)
-    assert seen == [True, False, True]
+    assert batch_choices == [True, False, True]
