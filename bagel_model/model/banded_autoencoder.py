@@ -13,12 +13,13 @@ conv1 and the shortcut) — about one extra 3×3 conv per stage for a much lower
 Same arithmetic as the plain modules except two reorderings: GroupNorm statistics come from ``var_mean`` and
 are applied as ``(x − mean)·rstd·γ + β`` (PyTorch's fused kernel rounds slightly differently; for an upsample
 output they are summed band by band in float64), and a convolution over a band may pick another kernel than
-over the whole map. Results equal the plain pass to
-float rounding (measured max abs difference 2.5e-6 on decoded values in [-1, 1]; tested).
+over the whole map, and the mid-block attention runs its queries in chunks. Results equal the plain pass to float
+rounding (measured max abs difference 2.6e-6 on decoded values in [-1, 1]; tested).
 
 Measured with the full-size FLUX decoder on a CPU (bench/bench_autoencoder.py): peak +4122 MiB plain vs +1690
-MiB banded at 1024², 73 s vs 103 s (512²: +1101 vs +629 MiB). The encoder is not banded: its top level keeps
-128 channels, and banding its ResNet blocks measured no lower peak there.
+MiB banded at 1024², 73 s vs 103 s (512²: +1101 vs +629 MiB). The encoder is not banded: banding its ResNet
+blocks alone measured no lower peak (2650 vs 2557 MiB at 1024²), in a run where its mid-block attention was not
+yet chunked; worth measuring again before using it for edits.
 """
 from __future__ import annotations
 
@@ -124,8 +125,7 @@ def resnet_block(block: ResnetBlock, x: RowMap | torch.Tensor, band_bytes: int =
     x = x if isinstance(x, RowMap) else RowMap.of(x)
     _, channels, height, width = x.shape
     out_channels = block.conv1.out_channels
-    band = band_rows(max(channels, out_channels), width, torch.empty(0, dtype=x.dtype).element_size(),
-                     band_bytes)
+    band = band_rows(max(channels, out_channels), width, x.dtype.itemsize, band_bytes)
     stats = x.stats(block.norm1, band)
     h, out = x.new_empty(out_channels), x.new_empty(out_channels)
     shortcut = getattr(block, "nin_shortcut", None)
@@ -137,8 +137,7 @@ def resnet_block(block: ResnetBlock, x: RowMap | torch.Tensor, band_bytes: int =
         own = rows[:, :, r0 - a:r1 - a]
         out[:, :, r0:r1] = shortcut(own) if shortcut is not None else own
         del rows, own
-    h_map = RowMap.of(h)
-    stats2 = h_map.stats(block.norm2, band)
+    stats2 = RowMap.of(h).stats(block.norm2, band)
     # plain order is shortcut + h2: addition commutes, so accumulating into the shortcut is the same value
     return conv3x3_rows(lambda a, z: normalize_swish(h[:, :, a:z], block.norm2, stats2), height, block.conv2,
                         out, band, accumulate=True)
@@ -147,6 +146,7 @@ def resnet_block(block: ResnetBlock, x: RowMap | torch.Tensor, band_bytes: int =
 def upsampled(module: Upsample, x: torch.Tensor, band_bytes: int = BAND_BYTES) -> RowMap:
     """The output of nearest ×2 + 3×3 conv as rows computed on demand (never stored whole)."""
     b, c, height, width = x.shape
+    band = band_rows(c, 2 * width, x.element_size(), band_bytes)
 
     def doubled(a: int, z: int) -> torch.Tensor:  # rows [a, z) of the ×2 nearest-upsampled input
         first = a // 2
@@ -157,7 +157,6 @@ def upsampled(module: Upsample, x: torch.Tensor, band_bytes: int = BAND_BYTES) -
         return torch.cat([conv_band(doubled, 2 * height, module.conv, r0, min(z, r0 + band))
                           for r0 in range(a, z, band)], dim=2)
 
-    band = band_rows(c, 2 * width, x.element_size(), band_bytes)
     return RowMap(rows, (b, module.conv.out_channels, 2 * height, 2 * width), x.dtype, x.device)
 
 
