@@ -22,7 +22,7 @@ from .quantized_checkpoint import save_quantized
 from .model import banded_autoencoder
 from .model.autoencoder import AutoEncoder
 from .model.bagel import Bagel
-from .model.ops import set_compute_dtype
+from .model.ops import TorchOps, set_compute_dtype
 from .runtime import BagelRuntime, ProgressFn
 from .sampler import SamplerSettings
 from .step_cache import StepCacheSettings, resolve_step_cache
@@ -56,7 +56,7 @@ class BagelModule(torch.nn.Module):
 
 class BagelPipeline:
     def __init__(self, model: Bagel, vae: AutoEncoder, tokenizer: Qwen2Tokenizer,
-                 compute_dtype: torch.dtype, source: Path | None = None):
+                 compute_dtype: torch.dtype, source: Path | None = None, device: torch.device | None = None):
         self.model = BagelModule(model, vae)
         self.tokenizer = tokenizer
         self.config = model.config
@@ -64,28 +64,33 @@ class BagelPipeline:
         self.compute_dtype = compute_dtype
         self.source = source
         set_compute_dtype(model, compute_dtype)
-        self.runtime = BagelRuntime(model, vae, self.special, compute_dtype)
+        self.runtime = BagelRuntime(model, vae, self.special, compute_dtype, device)
         self.builder = ConditioningBuilder(self.runtime, tokenizer)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, precision: str = "bf16", device: str = "auto",
                         compute_dtype: str = "auto", *, available_memory: int | None = None,
-                        check_memory: bool = True) -> "BagelPipeline":
+                        check_memory: bool = True, operations=TorchOps,
+                        storage_device: str | torch.device | None = None) -> "BagelPipeline":
         """``precision``: bf16, fp16, fp32, nf4, int8 (see quantization.py); a pre-quantized folder loads
-        directly. ``available_memory`` (bytes, None = measured free memory) bounds the fit check."""
+        directly. ``available_memory`` (bytes, None = measured free memory) bounds the fit check.
+        ``device`` is where the model computes; ``storage_device`` (default: ``device``) where its weights are
+        kept, for a host application that moves or streams them itself; ``operations`` its layer classes."""
         if not Path(path).is_dir():
             raise BagelCheckpointError(
                 f"Model folder {path} does not exist. Put the BAGEL-7B-MoT files there or pass another folder.")
         target = resolve_device(device)
+        storage = target if storage_device is None else resolve_device(storage_device)
         check_precision(precision)
         cdtype = resolve_compute_dtype(compute_dtype, target)
         start = time.perf_counter()
         tokenizer = Qwen2Tokenizer.from_folder(path)  # cheap: a missing file fails before the big read
-        _, model, vae = load_with_precision(path, precision, target, cdtype, available_bytes=available_memory,
-                                            check_memory=check_memory)
+        _, model, vae = load_with_precision(path, precision, storage, cdtype, available_bytes=available_memory,
+                                            check_memory=check_memory, operations=operations,
+                                            compute_device=target)
         log.info("Loaded %s (%s weights, %s compute, %s) in %.1f s", path, precision, cdtype, target,
                  time.perf_counter() - start)
-        pipe = cls(model, vae, tokenizer, cdtype, Path(path))
+        pipe = cls(model, vae, tokenizer, cdtype, Path(path), device=target)
         pipe.precision = precision
         return pipe
 
@@ -99,6 +104,12 @@ class BagelPipeline:
 
     def to(self, device: str | torch.device) -> "BagelPipeline":
         self.model.to(device)
+        self.runtime.device = torch.device(device)
+        return self
+
+    def compute_on(self, device: str | torch.device) -> "BagelPipeline":
+        """Computes on ``device`` from now on without moving any weight (a memory manager owns them)."""
+        self.runtime.device = torch.device(device)
         return self
 
     # ---- public flows -------------------------------------------------------------------------------
@@ -249,9 +260,8 @@ class BagelPipeline:
         scarce) runs the full-resolution stages in bands of rows: same image up to float rounding, ~60 % less
         peak memory at 1024² (model/banded_autoencoder.py). Off, it is the official plain fp32 decode."""
         vae = self.model.vae
-        weight = vae.decoder.conv_in.weight
-        z = latent.to(weight.device, weight.dtype)
-        if weight.device.type == "cuda" if banded is None else banded:
+        z = latent.to(self.device, vae.decoder.conv_in.weight.dtype)
+        if self.device.type == "cuda" if banded is None else banded:
             return to_pil(banded_autoencoder.decode(vae, z))
         return to_pil(vae.decode(z))
 

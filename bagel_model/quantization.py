@@ -15,6 +15,7 @@ bitsandbytes is imported lazily: the full-precision paths never need it.
 """
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 import re
@@ -23,6 +24,7 @@ import torch
 from torch import nn
 
 from .errors import BagelInputError
+from .model.ops import Linear, TorchOps
 
 log = logging.getLogger(__name__)
 
@@ -124,9 +126,20 @@ def import_bitsandbytes(precision: str):
     return bitsandbytes
 
 
+def _on(tensor: torch.Tensor | None, device: torch.device, dtype: torch.dtype | None = None):
+    return None if tensor is None else tensor.to(device=device, dtype=dtype)
+
+
 @functools.lru_cache(maxsize=None)
 def _linear_classes():
-    """The two quantized Linear classes, defined once bitsandbytes is importable."""
+    """The two quantized Linear classes, defined once bitsandbytes is importable.
+
+    Both keep every tensor they need as a parameter or buffer of their own (NF4: the packed weight, whose
+    ``quant_state`` bitsandbytes moves along with it; INT8: the int8 weight and the ``SCB`` row-scale buffer), so
+    ``module.to(device)`` moves all of their memory, and both read those tensors on the input's device per call:
+    a memory manager can leave them on the host and they are copied for that call (the ops.CastAtUse
+    contract; host applications add their streaming marker through ``operations.castable``).
+    """
     bnb = import_bitsandbytes("nf4")
 
     class NF4Linear(bnb.nn.Linear4bit):
@@ -140,23 +153,40 @@ def _linear_classes():
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             x = x.to(self.compute_dtype)
-            bias = None if self.bias is None else self.bias.to(x.dtype)
-            return bnb.matmul_4bit(x, self.weight, bias=bias, quant_state=self.weight.quant_state)
+            packed, state = self.cast_weights(x)
+            return bnb.matmul_4bit(x, packed, bias=_on(self.bias, x.device, x.dtype), quant_state=state)
 
-    class Int8Linear(bnb.nn.Linear8bitLt):
-        """Linear8bitLt with the ops.Linear contract; the stored bias is cast per call, never in place."""
+        def cast_weights(self, x: torch.Tensor):
+            """(packed weight, quant state) on ``x``'s device; the stored ones are left where they are."""
+            weight, state = self.weight, self.weight.quant_state
+            if weight.device == x.device:
+                return weight, state
+            moved = copy.copy(state)  # QuantState.to moves in place: move a copy
+            moved.to(x.device)
+            return weight.data.to(x.device), moved
+
+    class Int8Linear(nn.Module):
+        """LLM.int8 Linear (bitsandbytes' matmul, outlier threshold ``threshold``) with the ops.Linear
+        contract. Unlike ``Linear8bitLt`` it keeps no tensors in a matmul state object (which ``.to()`` of a
+        parent module does not move, so an offloaded model kept its device copy); the state is built per
+        call from the module's own ``weight`` and ``SCB``."""
 
         compute_dtype: torch.dtype = torch.float32
 
+        def __init__(self, in_features: int, out_features: int, threshold: float, device=None):
+            super().__init__()
+            self.in_features, self.out_features, self.threshold = in_features, out_features, threshold
+            self.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=torch.int8, device=device),
+                                       requires_grad=False)
+            self.register_buffer("SCB", torch.empty(out_features, dtype=torch.float32, device=device))
+            self.bias = None
+
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             x = x.to(self.compute_dtype)
-            self.state.is_training = self.training
-            if self.weight.CB is not None:
-                self.init_8bit_state()
-            bias = None if self.bias is None else self.bias.to(x.dtype)
-            out = bnb.matmul(x, self.weight, bias=bias, state=self.state)
-            if self.state.CB is not None:
-                self.weight.data = self.state.CB
+            state = bnb.MatmulLtState()
+            state.CB, state.SCB = _on(self.weight, x.device), _on(self.SCB, x.device)
+            state.threshold, state.has_fp16_weights, state.is_training = self.threshold, False, False
+            out = bnb.matmul(x, state.CB, bias=_on(self.bias, x.device, x.dtype), state=state)
             return out.to(self.compute_dtype)
 
     return bnb, NF4Linear, Int8Linear
@@ -196,8 +226,8 @@ def _nf4_param_cpu(bnb, weight: torch.Tensor, module: nn.Module):
                              compress_statistics=False, quant_type="nf4", module=module, bnb_quantized=True)
 
 
-def _int8_param_cpu(bnb, weight: torch.Tensor):
-    """INT8 ``Int8Params`` of ``weight`` quantized rows at a time; equal to ``Int8Params._quantize("cpu")``."""
+def _int8_cpu(bnb, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """INT8 values and row scales of ``weight`` quantized rows at a time; equal to ``Int8Params._quantize("cpu")``."""
     out_features, in_features = weight.shape
     rows = max(1, _CPU_CHUNK_VALUES // in_features)
     values = torch.empty(out_features, in_features, dtype=torch.int8)
@@ -207,12 +237,14 @@ def _int8_param_cpu(bnb, weight: torch.Tensor):
             weight[start:start + rows].contiguous().to(torch.float16))
         values[start:start + rows] = chunk_values
         scales[start:start + rows] = chunk_scales
-    return bnb.nn.Int8Params(values, requires_grad=False, has_fp16_weights=False, CB=values, SCB=scales)
+    return values, scales
 
 
 def make_quantized_linear(name: str, weight: torch.Tensor, bias: torch.Tensor | None, precision: str,
-                          device: torch.device | str, compute_dtype: torch.dtype) -> nn.Module:
-    """Quantizes one Linear's (weight, bias) on ``device`` and returns the bitsandbytes module.
+                          device: torch.device | str, compute_dtype: torch.dtype, *, operations=TorchOps,
+                          store_on: torch.device | str | None = None) -> nn.Module:
+    """Quantizes one Linear's (weight, bias) on ``device`` and returns the bitsandbytes module, kept on
+    ``store_on`` (default: ``device``). Its class is ``operations.castable`` of ours.
 
     The weight is moved to ``device`` first so a CUDA target quantizes on the GPU and the host never holds
     more than this one tensor. The bias is kept in the storage dtype of the precision (bf16).
@@ -224,8 +256,8 @@ def make_quantized_linear(name: str, weight: torch.Tensor, bias: torch.Tensor | 
     bias = None if bias is None else nn.Parameter(bias.to(device, storage_dtype(precision)), requires_grad=False)
     try:
         if precision == "nf4":
-            module = nf4_cls(in_features, out_features, bias=False, compute_dtype=compute_dtype,
-                             compress_statistics=False, quant_type="nf4", device="meta")
+            module = operations.castable(nf4_cls)(in_features, out_features, bias=False, compute_dtype=compute_dtype,
+                                                  compress_statistics=False, quant_type="nf4", device="meta")
             if device.type == "cpu":
                 module.weight = _nf4_param_cpu(bnb, weight, module)
             else:
@@ -233,14 +265,14 @@ def make_quantized_linear(name: str, weight: torch.Tensor, bias: torch.Tensor | 
                                           compress_statistics=False, quant_type="nf4", module=module)
                 module.weight = param._quantize(device)
         elif precision == "int8":
-            module = int8_cls(in_features, out_features, bias=False, has_fp16_weights=False,
-                              threshold=INT8_OUTLIER_THRESHOLD, device="meta")
+            module = operations.castable(int8_cls)(in_features, out_features, INT8_OUTLIER_THRESHOLD, "meta")
             module.compute_dtype = compute_dtype
             if device.type == "cpu":
-                module.weight = _int8_param_cpu(bnb, weight)
+                values, scales = _int8_cpu(bnb, weight)
             else:
-                param = bnb.nn.Int8Params(weight, requires_grad=False, has_fp16_weights=False)
-                module.weight = param._quantize(device)
+                values, scales, _ = bnb.functional.int8_vectorwise_quant(weight.contiguous().to(torch.float16))
+            module.weight = nn.Parameter(values, requires_grad=False)
+            module.SCB = scales
         else:
             raise BagelInputError(f"make_quantized_linear got precision {precision!r}; only nf4/int8 quantize.")
     except RuntimeError as exc:  # includes "not implemented for this device" errors (a subclass)
@@ -249,18 +281,22 @@ def make_quantized_linear(name: str, weight: torch.Tensor, bias: torch.Tensor | 
             f"bitsandbytes build for this device (`pip install -U bitsandbytes`) or use precision='bf16'.") \
             from exc
     module.bias = bias
-    return module.eval()
+    return module.eval() if store_on is None else module.to(store_on).eval()
 
 
-def linear_factory(precision: str, compute_dtype: torch.dtype, policy: str = "default"):
-    """Adapter for ``loading.load_module_weights``: (name, module, tensors on device) -> replacement or None."""
-    from .model.ops import Linear
+def linear_factory(precision: str, compute_dtype: torch.dtype, policy: str = "default", *, operations=TorchOps,
+                   quantize_device: torch.device | None = None):
+    """Adapter for ``loading.load_module_weights``: (name, module, tensors on device) -> replacement or None.
+
+    ``quantize_device`` (default: where the tensors arrive) is where bitsandbytes quantizes; the result is kept
+    where the tensors arrived (a GPU quantizes a host-resident model one Linear at a time)."""
 
     def factory(name: str, module: nn.Module, tensors: dict) -> nn.Module | None:
         if not isinstance(module, Linear) or not should_quantize(name, precision, policy):
             return None
+        home = tensors["weight"].device
         return make_quantized_linear(name, tensors["weight"], tensors.get("bias"), precision,
-                                     tensors["weight"].device, compute_dtype)
+                                     quantize_device or home, compute_dtype, operations=operations, store_on=home)
 
     return factory
 

@@ -30,7 +30,7 @@ def test_weight_really_holds_low_bit_data(precision, bits):
     if precision == "nf4":
         assert module.weight.quant_state.absmax.numel() == w.numel() // q.NF4_BLOCKSIZE
     else:
-        assert module.weight.SCB.shape == (w.shape[0],)
+        assert module.SCB.shape == (w.shape[0],)
 
 
 @pytest.mark.parametrize("precision", ["nf4", "int8"])
