@@ -5,6 +5,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 from PIL import Image
@@ -66,6 +67,9 @@ class BagelPipeline:
         set_compute_dtype(model, compute_dtype)
         self.runtime = BagelRuntime(model, vae, self.special, compute_dtype, device)
         self.builder = ConditioningBuilder(self.runtime, tokenizer)
+        # Called with a residency.PHASE_GROUPS key before each phase of a call, so a memory manager can make
+        # that phase's weights resident (the ComfyUI nodes ask ComfyUI to load them).
+        self.phase_hook: Callable[[str], None] | None = None
 
     @classmethod
     def from_pretrained(cls, path: str | Path, precision: str = "bf16", device: str = "auto",
@@ -121,6 +125,7 @@ class BagelPipeline:
         start = time.perf_counter()
         items = self._items(images, prompt, inputs)
         system = VLM_THINK_SYSTEM_PROMPT if think else None
+        self._enter_prefill(items)
         cond = self.builder.build(items, system, use_vae=False, generator=None)
         ids = self._decode(cond, max_new_tokens, do_sample, temperature, seed, callback)
         text = extract_generated_text(self.tokenizer, ids)
@@ -133,6 +138,7 @@ class BagelPipeline:
         """The plan the model writes before generating (no image) or editing (with images)."""
         start = time.perf_counter()
         items = self._items(images, prompt, None)
+        self._enter_prefill(items)
         cond = self.builder.build(items, GEN_THINK_SYSTEM_PROMPT, use_vae=True,
                                   generator=torch.Generator("cpu").manual_seed(seed))
         ids = self._decode(cond, max_think_tokens, do_sample, temperature, seed, callback)
@@ -194,12 +200,20 @@ class BagelPipeline:
             raise BagelInputError("The prompt is empty; write what the model should do.")
         return items
 
+    def _phase(self, name: str) -> None:
+        if self.phase_hook is not None:
+            self.phase_hook(name)
+
+    def _enter_prefill(self, items: list) -> None:
+        self._phase("prefill_images" if any(isinstance(item, Image.Image) for item in items) else "prefill_text")
+
     def _decode(self, cond: Conditioning, max_new_tokens: int, do_sample: bool, temperature: float, seed: int,
                 callback) -> list[int]:
         if max_new_tokens < 1:
             raise BagelInputError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
         if do_sample and temperature <= 0:
             raise BagelInputError(f"temperature must be > 0 when sampling, got {temperature}.")
+        self._phase("decode_text")
         generator = torch.Generator("cpu").manual_seed(seed) if do_sample else None
         return self.runtime.decode_text(cond.gen, max_new_tokens, do_sample, temperature, generator, callback)
 
@@ -214,6 +228,7 @@ class BagelPipeline:
             thinking = None
         generator = torch.Generator("cpu").manual_seed(seed)
         system = GEN_THINK_SYSTEM_PROMPT if (think or thinking is not None) else None
+        self._enter_prefill(items)
         cond = self.builder.build(items, system, use_vae=True, generator=generator)
         token_ids: list[int] = []
         if think and thinking is None:
@@ -221,6 +236,7 @@ class BagelPipeline:
             token_ids = ids[1:]
             thinking = extract_generated_text(self.tokenizer, ids)
         cfg_img = None
+        self._phase("prefill_text")
         if settings.cfg_text_scale > 1.0 and settings.cfg_img_scale > 1.0:
             cfg_img = self.builder.image_cfg_context(cond)
         if thinking is not None:
@@ -236,6 +252,7 @@ class BagelPipeline:
         noise = torch.randn((query.num_tokens, self.config.patch_latent_dim), generator=generator,
                             dtype=torch.float32)
         contexts = [cond.gen, cond.cfg_text] + ([cfg_img] if cfg_img is not None else [])
+        self._phase("denoise")
         batch_cfg = self._choose_batch_cfg(speed["batch_cfg"], query, contexts)
         packed = denoise(self.runtime, settings, query, noise, cond.gen, cond.cfg_text, cfg_img, callback,
                          batch_cfg=batch_cfg, step_cache=speed["step_cache"])
@@ -259,6 +276,7 @@ class BagelPipeline:
         """Autoencoder decode of a (1, 16, H/8, W/8) latent. ``banded`` (None: on CUDA, where memory is
         scarce) runs the full-resolution stages in bands of rows: same image up to float rounding, ~60 % less
         peak memory at 1024² (model/banded_autoencoder.py). Off, it is the official plain fp32 decode."""
+        self._phase("decode_image")
         vae = self.model.vae
         z = latent.to(self.device, vae.decoder.conv_in.weight.dtype)
         if self.device.type == "cuda" if banded is None else banded:

@@ -27,8 +27,8 @@ from .memory import GiB, estimate_memory, tensor_bytes
 from .param_inventory import autoencoder_parameter_count, bagel_tensors
 
 GROUPS = ("gen", "und", "vit", "vae")
-_GEN_PREFIXES = ("time_embedder.", "vae2llm.", "llm2vae.", "latent_pos_embed.")
-_VIT_PREFIXES = ("vit_model.", "connector.", "vit_pos_embed.")
+_GEN_ROOTS = ("time_embedder", "vae2llm", "llm2vae", "latent_pos_embed")
+_VIT_ROOTS = ("vit_model", "connector", "vit_pos_embed")
 
 # Phase -> groups it computes with, in the order they should become resident. "denoise" lists only the gen
 # expert: the und expert works there on a handful of marker rows and is streamed if it is not resident.
@@ -48,11 +48,12 @@ COMFY_RESERVE = 400 * 1024 ** 2
 
 def group_of(name: str) -> str:
     """The group of a ``Bagel`` tensor or layer by its qualified name (autoencoder names are not Bagel's)."""
-    if name.startswith("language_model."):
+    root = name.split(".", 1)[0]
+    if root == "language_model":
         return "gen" if "_moe_gen" in name else "und"
-    if name.startswith(_GEN_PREFIXES):
+    if root in _GEN_ROOTS:
         return "gen"
-    if name.startswith(_VIT_PREFIXES):
+    if root in _VIT_ROOTS:
         return "vit"
     raise ValueError(f"{name!r} is no BAGEL weight name")
 
