@@ -15,7 +15,6 @@ bitsandbytes is imported lazily: the full-precision paths never need it.
 """
 from __future__ import annotations
 
-import copy
 import functools
 import logging
 import re
@@ -134,36 +133,49 @@ def _on(tensor: torch.Tensor | None, device: torch.device, dtype: torch.dtype | 
 def _linear_classes():
     """The two quantized Linear classes, defined once bitsandbytes is importable.
 
-    Both keep every tensor they need as a parameter or buffer of their own (NF4: the packed weight, whose
-    ``quant_state`` bitsandbytes moves along with it; INT8: the int8 weight and the ``SCB`` row-scale buffer), so
-    ``module.to(device)`` moves all of their memory, and both read those tensors on the input's device per call:
+    Both keep every tensor they need as a parameter or buffer of their own (NF4: packed weight, block scales,
+    code; INT8: int8 weight and ``SCB`` row scales), so ``module.to(device)`` moves all of their memory (the
+    bitsandbytes modules keep some in side objects), and both read those tensors on the input's device per call:
     a memory manager can leave them on the host and they are copied for that call (the ops.CastAtUse
     contract; host applications add their streaming marker through ``operations.castable``).
     """
     bnb = import_bitsandbytes("nf4")
 
-    class NF4Linear(bnb.nn.Linear4bit):
-        """Linear4bit honouring the ops.Linear contract: input cast to ``compute_dtype``, output in it.
+    class NF4Linear(nn.Module):
+        """NF4 Linear (bitsandbytes' ``matmul_4bit``, blocks of ``NF4_BLOCKSIZE``) with the ops.Linear contract:
+        input cast to ``compute_dtype``, output in it. The packed weight, the block scales (``absmax``) and the
+        16-value code (``quant_map``) are plain tensors of the module; the ``QuantState`` is built per call.
 
-        The forward calls ``matmul_4bit`` directly because ``Linear4bit.forward`` repacks the weight for
-        AVX512-BF16 CPUs on first use (rounding absmax to bf16 and computing in bf16 whatever the compute
-        dtype) and converts the stored bias in place; both would make a saved model differ from the
-        loaded one.
+        Not ``Linear4bit``: its forward repacks the weight for AVX512-BF16 CPUs on first use (rounding absmax
+        to bf16 and computing in bf16 whatever the compute dtype) and converts the stored bias in place, and
+        its ``Params4bit`` keeps the scales in a side object that moving to some devices (meta) cannot handle.
         """
+
+        compute_dtype: torch.dtype = torch.float32
+
+        def __init__(self, in_features: int, out_features: int, dtype: torch.dtype = torch.bfloat16,
+                     device=None):
+            super().__init__()
+            self.in_features, self.out_features, self.weight_dtype = in_features, out_features, dtype
+            values = in_features * out_features
+            self.weight = nn.Parameter(torch.empty(((values + 1) // 2, 1), dtype=torch.uint8, device=device),
+                                       requires_grad=False)
+            self.register_buffer("absmax", torch.empty(-(-values // NF4_BLOCKSIZE), dtype=torch.float32,
+                                                       device=device))
+            self.register_buffer("quant_map", torch.empty(16, dtype=torch.float32, device=device))
+            self.bias = None
+
+        def quant_state(self, device: torch.device | None = None):
+            """bitsandbytes' state of this weight (``weight_dtype``: the dtype it was quantized from), on ``device``."""
+            device = device or self.absmax.device
+            return bnb.functional.QuantState(
+                absmax=_on(self.absmax, device), shape=torch.Size((self.out_features, self.in_features)),
+                code=_on(self.quant_map, device), blocksize=NF4_BLOCKSIZE, quant_type="nf4", dtype=self.weight_dtype)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             x = x.to(self.compute_dtype)
-            packed, state = self.cast_weights(x)
-            return bnb.matmul_4bit(x, packed, bias=_on(self.bias, x.device, x.dtype), quant_state=state)
-
-        def cast_weights(self, x: torch.Tensor):
-            """(packed weight, quant state) on ``x``'s device; the stored ones are left where they are."""
-            weight, state = self.weight, self.weight.quant_state
-            if weight.device == x.device:
-                return weight, state
-            moved = copy.copy(state)  # QuantState.to moves in place: move a copy
-            moved.to(x.device)
-            return weight.data.to(x.device), moved
+            return bnb.matmul_4bit(x, _on(self.weight, x.device), bias=_on(self.bias, x.device, x.dtype),
+                                   quant_state=self.quant_state(x.device))
 
     class Int8Linear(nn.Module):
         """LLM.int8 Linear (bitsandbytes' matmul, outlier threshold ``threshold``) with the ops.Linear
@@ -206,8 +218,8 @@ def is_quantized_linear(module: nn.Module) -> bool:
 _CPU_CHUNK_VALUES = 1 << 22
 
 
-def _nf4_param_cpu(bnb, weight: torch.Tensor, module: nn.Module):
-    """NF4 ``Params4bit`` of ``weight`` quantized slice by slice; equal to ``Params4bit._quantize("cpu")``."""
+def _nf4_cpu(bnb, weight: torch.Tensor):
+    """NF4 packed values and state of ``weight`` quantized slice by slice; equal to ``quantize_4bit`` at once."""
     flat = weight.reshape(-1)
     total = flat.numel()
     step = max(NF4_BLOCKSIZE, _CPU_CHUNK_VALUES // NF4_BLOCKSIZE * NF4_BLOCKSIZE)  # whole blocks, even length
@@ -221,9 +233,7 @@ def _nf4_param_cpu(bnb, weight: torch.Tensor, module: nn.Module):
         absmax[start // NF4_BLOCKSIZE:start // NF4_BLOCKSIZE + chunk_state.absmax.numel()] = chunk_state.absmax
     state = bnb.functional.QuantState(absmax=absmax, shape=weight.shape, code=chunk_state.code,
                                       blocksize=NF4_BLOCKSIZE, quant_type="nf4", dtype=weight.dtype)
-    module.quant_state = state
-    return bnb.nn.Params4bit(packed, requires_grad=False, quant_state=state, blocksize=NF4_BLOCKSIZE,
-                             compress_statistics=False, quant_type="nf4", module=module, bnb_quantized=True)
+    return packed, state
 
 
 def _int8_cpu(bnb, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -256,14 +266,15 @@ def make_quantized_linear(name: str, weight: torch.Tensor, bias: torch.Tensor | 
     bias = None if bias is None else nn.Parameter(bias.to(device, storage_dtype(precision)), requires_grad=False)
     try:
         if precision == "nf4":
-            module = operations.castable(nf4_cls)(in_features, out_features, bias=False, compute_dtype=compute_dtype,
-                                                  compress_statistics=False, quant_type="nf4", device="meta")
+            module = operations.castable(nf4_cls)(in_features, out_features, weight.dtype, "meta")
+            module.compute_dtype = compute_dtype
             if device.type == "cpu":
-                module.weight = _nf4_param_cpu(bnb, weight, module)
+                packed, state = _nf4_cpu(bnb, weight)
             else:
-                param = bnb.nn.Params4bit(weight, requires_grad=False, blocksize=NF4_BLOCKSIZE,
-                                          compress_statistics=False, quant_type="nf4", module=module)
-                module.weight = param._quantize(device)
+                packed, state = bnb.functional.quantize_4bit(weight.contiguous(), blocksize=NF4_BLOCKSIZE,
+                                                             compress_statistics=False, quant_type="nf4")
+            module.weight = nn.Parameter(packed, requires_grad=False)
+            module.absmax, module.quant_map = state.absmax, state.code
         elif precision == "int8":
             module = operations.castable(int8_cls)(in_features, out_features, INT8_OUTLIER_THRESHOLD, "meta")
             module.compute_dtype = compute_dtype

@@ -24,8 +24,8 @@ from torch import nn
 
 from .errors import BagelCheckpointError, BagelInputError
 from .model.ops import Linear, TorchOps
-from .quantization import (INT8_OUTLIER_THRESHOLD, QUANTIZED_PRECISIONS, _linear_classes, import_bitsandbytes,
-                           is_quantized_linear, storage_dtype)
+from .quantization import (INT8_OUTLIER_THRESHOLD, NF4_BLOCKSIZE, QUANTIZED_PRECISIONS, _linear_classes,
+                           import_bitsandbytes, is_quantized_linear, storage_dtype)
 from .safetensors_header import read_header
 from .safetensors_writer import write_safetensors
 
@@ -75,9 +75,7 @@ def quantized_linear_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
     """bitsandbytes' serialised form of one quantized Linear, keys relative to the module."""
     _, nf4_cls, int8_cls = _linear_classes()
     if isinstance(module, nf4_cls):
-        state = module.weight.quant_state
-        if getattr(state, "packing_format_for_cpu", False):
-            raise BagelInputError("An NF4 Linear was repacked for the CPU kernel; it cannot be saved exactly.")
+        state = module.quant_state()
         tensors = {"weight": module.weight.data}
         for key, value in state.as_dict(packed=True).items():
             # Every layer shares one quant_map tensor; safetensors needs each entry to own its storage.
@@ -99,11 +97,16 @@ def quantized_linear_from_tensors(name: str, tensors: dict[str, torch.Tensor], d
     bias = tensors.get("bias")
     if _NF4_STATE_KEY in tensors:
         shape = _nf4_shape(tensors)
-        module = operations.castable(nf4_cls)(shape[1], shape[0], bias=False, compute_dtype=compute_dtype,
-                                              compress_statistics=False, quant_type="nf4", device="meta")
-        stats = {k: v for k, v in tensors.items() if k.startswith("weight.")}
-        module.weight = bnb.nn.Params4bit.from_prequantized(tensors["weight"], stats, device=device,
-                                                            module=module)
+        stats = {k[len("weight."):]: v for k, v in tensors.items() if k.startswith("weight.")}
+        state = bnb.functional.QuantState.from_dict(qs_dict=stats, device=device)
+        if state.nested or state.quant_type != "nf4" or state.blocksize != NF4_BLOCKSIZE:
+            raise BagelCheckpointError(f"{name} holds a {state.quant_type} state with blocks of {state.blocksize}"
+                                       f"{' (nested)' if state.nested else ''}; this version reads NF4 blocks of "
+                                       f"{NF4_BLOCKSIZE}. Quantize the original folder again.")
+        module = operations.castable(nf4_cls)(shape[1], shape[0], state.dtype, "meta")
+        module.compute_dtype = compute_dtype
+        module.weight = nn.Parameter(tensors["weight"].to(device), requires_grad=False)
+        module.absmax, module.quant_map = state.absmax, state.code
     elif "SCB" in tensors:
         out_features, in_features = tensors["weight"].shape
         module = operations.castable(int8_cls)(in_features, out_features, INT8_OUTLIER_THRESHOLD, "meta")
