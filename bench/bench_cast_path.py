@@ -78,7 +78,7 @@ def main() -> None:
     args = parser.parse_args()
     mm = _import_comfy(args.device)
     from bagel_model import BagelPipeline, make_test_checkpoint
-    from bagel_model.quantization import storage_dtype
+    from bagel_model.checkpoint.quantization import storage_dtype
     from nodes.comfy_ops import bagel_operations
     from nodes.model_handle import BagelMoTModel
 

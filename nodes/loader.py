@@ -7,7 +7,7 @@ import torch
 import comfy.model_management as mm
 
 from bagel_model.devices import resolve_compute_dtype
-from bagel_model.quantization import storage_dtype
+from bagel_model.checkpoint.quantization import storage_dtype
 
 from . import model_folders
 from .comfy_ops import bagel_operations

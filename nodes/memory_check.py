@@ -12,8 +12,8 @@ import logging
 import comfy.model_management as mm
 
 from bagel_model.config import BagelConfig
-from bagel_model.memory import estimate_memory
-from bagel_model.residency import COMFY_MIN_INFERENCE, COMFY_RESERVE
+from bagel_model.checkpoint.memory import estimate_memory
+from bagel_model.checkpoint.residency import COMFY_MIN_INFERENCE, COMFY_RESERVE
 
 logger = logging.getLogger(__name__)
 

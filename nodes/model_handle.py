@@ -17,8 +17,8 @@ import torch
 import comfy.model_management as mm
 import comfy.model_patcher
 
-from bagel_model.memory import estimate_memory
-from bagel_model.residency import GROUPS, PHASE_GROUPS, weight_groups
+from bagel_model.checkpoint.memory import estimate_memory
+from bagel_model.checkpoint.residency import GROUPS, PHASE_GROUPS, weight_groups
 
 logger = logging.getLogger(__name__)
 

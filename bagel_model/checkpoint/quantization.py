@@ -22,8 +22,8 @@ import re
 import torch
 from torch import nn
 
-from .errors import BagelInputError
-from .model.ops import Linear, TorchOps
+from ..errors import BagelInputError
+from ..model.ops import Linear, TorchOps
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from .errors import BagelCheckpointError, BagelInputError
-from .model.ops import Linear, TorchOps
+from ..errors import BagelCheckpointError, BagelInputError
+from ..model.ops import Linear, TorchOps
 from .quantization import (INT8_OUTLIER_THRESHOLD, NF4_BLOCKSIZE, QUANTIZED_PRECISIONS, _linear_classes,
                            import_bitsandbytes, is_quantized_linear, storage_dtype)
 from .safetensors_header import read_header
@@ -247,7 +247,7 @@ def _assign_plain_tensors(leaf: nn.Module, prefix: str, header: dict, reader, de
 def quantize_folder(model_dir: str | Path, out_dir: str | Path, precision: str, device: str = "auto",
                     policy: str = "default") -> Path:
     """Streams ``model_dir`` into ``precision`` on ``device`` and writes the pre-quantized folder ``out_dir``."""
-    from .devices import resolve_device
+    from ..devices import resolve_device
     from .precision_loading import load_with_precision
 
     if precision not in QUANTIZED_PRECISIONS:

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .config import BagelConfig
-from .devices import resolve_batch_cfg
+from ..config import BagelConfig
+from ..devices import resolve_batch_cfg
 from .memory import GiB, estimate_memory, tensor_bytes
 from .param_inventory import autoencoder_parameter_count, bagel_tensors
 
