@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from .checkpoint.folder import read_config
+from .checkpoint.loading import build_skeleton
 from .config import AEConfig
 from .model.embeddings import sincos_2d_table
 from .text.tokenizer import bytes_to_unicode
@@ -80,10 +82,7 @@ def make_test_checkpoint(out_dir: str | Path, preset: str = "tiny", seed: int = 
     vocab_rows = _write_tokenizer(out, source)
     _write_configs(out, spec, vocab_rows)
     generator = torch.Generator().manual_seed(seed)
-    from .config import BagelConfig
-    from .checkpoint.loading import build_skeleton
-
-    model, vae = build_skeleton(BagelConfig.from_folder(out))
+    model, vae = build_skeleton(read_config(out))
     save_file(_random_state(model, generator, torch.bfloat16), str(out / "ema.safetensors"),
               metadata={"format": "pt"})
     save_file(_random_state(vae, generator, torch.float32), str(out / "ae.safetensors"), metadata={"format": "pt"})
