@@ -17,7 +17,7 @@ ALLOWED = {
     "text": {"errors"},
     "checkpoint": {"config", "devices", "errors", "model"},
     "generation": {"errors", "model", "text"},
-    "testing": {"checkpoint", "config", "model", "text"},
+    "testing": {"checkpoint", "config", "model"},
     "pipeline": {"checkpoint", "devices", "errors", "generation", "model", "text"},
     "cli": {"checkpoint", "errors", "generation", "pipeline", "testing"},
     "__init__": {"errors", "pipeline", "testing"},
