@@ -14,8 +14,9 @@ from safetensors.torch import save_file
 from .checkpoint.memory import process_peak_rss_bytes
 from .checkpoint.precision_loading import quantize_folder
 from .errors import BagelError, BagelInputError
+from .generation.sampler import EDIT_DEFAULTS, GENERATE_DEFAULTS, RENORM_TYPES
 from .generation.step_cache import StepCacheSettings
-from .pipeline import EDIT_DEFAULTS, GENERATE_DEFAULTS, BagelPipeline, BagelResult
+from .pipeline import BagelPipeline, BagelResult
 from .testing import make_test_checkpoint
 
 log = logging.getLogger("bagel_model")
@@ -40,7 +41,7 @@ def _sampler(parser: argparse.ArgumentParser, defaults) -> None:
     parser.add_argument("--timestep-shift", type=float, default=defaults.timestep_shift)
     parser.add_argument("--cfg-renorm-min", type=float, default=defaults.cfg_renorm_min)
     parser.add_argument("--cfg-renorm-type", default=defaults.cfg_renorm_type,
-                        choices=["global", "channel", "text_channel"])
+                        choices=list(RENORM_TYPES))
     parser.add_argument("--think", action="store_true", help="write a plan before the image")
     parser.add_argument("--max-think-tokens", type=int, default=1000, help="new tokens of the plan")
     parser.add_argument("--batch-cfg", default="auto", choices=list(BATCH_CFG_CHOICES),
