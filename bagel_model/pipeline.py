@@ -129,10 +129,12 @@ class BagelPipeline:
                            seconds=time.perf_counter() - start)
 
     def think(self, prompt: str, images=None, max_think_tokens: int = 1000, do_sample: bool = False,
-              temperature: float = 0.3, seed: int = 0, callback: ProgressFn | None = None) -> BagelResult:
-        """The plan the model writes before generating (no image) or editing (with images)."""
+              temperature: float = 0.3, seed: int = 0, callback: ProgressFn | None = None,
+              inputs: list | None = None) -> BagelResult:
+        """The plan the model writes before generating (no image) or editing (with images; the last one is
+        the image to edit). ``inputs`` gives an interleaved list of images and texts instead."""
         start = time.perf_counter()
-        items = self._items(images, prompt, None)
+        items = self._items(images, prompt, inputs)
         cond = self.builder.build(items, GEN_THINK_SYSTEM_PROMPT, use_vae=True,
                                   generator=torch.Generator("cpu").manual_seed(seed))
         ids = self._decode(cond, max_think_tokens, do_sample, temperature, seed, callback)
