@@ -44,7 +44,7 @@ def test_batch_with_step_cache_equals_one_at_a_time(speed_pipe):
 
 
 def test_batch_builds_the_prompt_context_once_and_makes_one_call_per_step(fp32_pipe, monkeypatch):
-    from bagel_model import batched_cfg, branch_velocities, runtime
+    from bagel_model.generation import batched_cfg, branch_velocities, runtime
 
     prefills, calls = [], []
     original_prefill, original_hidden = runtime.BagelRuntime.prefill_text, batched_cfg.branch_hidden
