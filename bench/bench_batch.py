@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bagel_model import BagelPipeline, make_test_checkpoint  # noqa: E402
 from bagel_model.generation.denoise import denoise  # noqa: E402
 from bagel_model.pipeline import GENERATE_DEFAULTS  # noqa: E402
-from bagel_model.sampler import SamplerSettings  # noqa: E402
+from bagel_model.generation.sampler import SamplerSettings  # noqa: E402
 
 PROMPT = "A lighthouse on a rocky coast at sunset, oil painting"
 
