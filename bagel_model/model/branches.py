@@ -2,9 +2,10 @@
 
 A branch is one (context, latent tokens) pair. The CFG branches of a denoise step share every query token
 (same x_t, t and latent position ids) and differ only in their context (KV cache, length) and the RoPE position
-of the block; the images of a batch share the contexts and differ in their latent tokens (own x_t). Projections, norms and MLPs are
-row-wise, so the branches can run as one stacked (B·N, H) matrix; only attention must see each branch's own
-cached keys, so it runs per branch on that branch's rows gathered back into sequence order.
+of the block; the images of a batch share the contexts and differ in their latent tokens (own x_t).
+Projections, norms and MLPs are row-wise, so the branches can run as one stacked (B·N, H) matrix; only
+attention must see each branch's own cached keys, so it runs per branch on that branch's rows gathered back
+into sequence order.
 
 Row layout (chosen so the big gen-expert GEMMs cover all branches in one call):
 ``[start_0, end_0, start_1, end_1, …, latents_0, latents_1, …]``. Each marker row is its own und-expert

@@ -2,7 +2,6 @@
 directly on a tiny random checkpoint (in this process, without a server)."""
 import sys
 
-import numpy as np
 import pytest
 import torch
 
@@ -25,10 +24,6 @@ def model(comfy_nodes, ours, tiny_checkpoint):
 
     folder_paths.add_model_folder_path("bagel", str(tiny_checkpoint.parent))
     return ours["BagelMoTModelLoader"]().load(tiny_checkpoint.name, "bf16", False)[0]
-
-
-def pil_to_float(picture):
-    return torch.from_numpy(np.asarray(picture.convert("RGB"), dtype=np.float32) / 255.0)
 
 
 def image_batch(count=1, width=48, height=32):
