@@ -27,11 +27,8 @@ class BranchVelocities:
         """``contexts``: branch name → context, in the order the sequential path evaluates them; ``x``:
         (B, tokens, 64), one latent per image. Returns branch name → the velocity of each image."""
         keys = [(b, name) for b in range(x.shape[0]) for name in contexts]
-        if self.step_cache is None and not self.batch_cfg and not self.batch_images:
-            # The reference path: one complete LM call per branch (what the parity tests pin down).
-            out = {key: self.runtime.velocity(contexts[key[1]], self.query, x[key[0]], t) for key in keys}
-        elif self.step_cache is None:
-            out = dict(zip(keys, velocities_from_hidden(self.runtime, self._compute(keys, contexts, x, t))))
+        if self.step_cache is None:
+            out = self._velocities(keys, self._compute(keys, contexts, x, t))
         else:
             out = self._cached(keys, contexts, x, t)
         return {name: [out[(b, name)] for b in range(x.shape[0])] for name in contexts}
@@ -70,7 +67,18 @@ class BranchVelocities:
                 hidden.append(computed[key])
             else:
                 hidden.append(caches[key].predict(t))
-        return dict(zip(keys, velocities_from_hidden(self.runtime, hidden)))
+        return self._velocities(keys, hidden)
+
+    def _velocities(self, keys: list[Key], hidden: list[torch.Tensor]) -> dict[Key, torch.Tensor]:
+        """Final norm + ``llm2vae`` over the pre-norm states: one call per image, as when it is generated alone,
+        or one call for the whole batch when its images share LM calls anyway."""
+        rows = dict(zip(keys, hidden))
+        images = [keys] if self.batch_images else [[k for k in keys if k[0] == b] for b in dict.fromkeys(
+            b for b, _ in keys)]
+        out = {}
+        for group in images:
+            out.update(zip(group, velocities_from_hidden(self.runtime, [rows[key] for key in group])))
+        return out
 
     def full_call_counts(self) -> dict[str, tuple[int, int]]:
         """Branch name → (full calls, all calls) of the step cache so far (image 0 of a batch)."""
