@@ -60,19 +60,14 @@ def _resolve(path: Path, node: ast.ImportFrom | ast.Import) -> list[str]:
     return targets
 
 
-def _is_type_checking_block(node: ast.AST) -> bool:
-    return isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
-
-
 def _imports(path: Path):
-    """(target, at_module_level) for every import of our own modules; TYPE_CHECKING blocks never run."""
+    """(target, at_module_level) for every import of our own modules (``if TYPE_CHECKING`` ones included: a
+    type-only import that would close a cycle is a dodged cycle too)."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     found = []
 
     def visit(node, top_level):
         for child in ast.iter_child_nodes(node):
-            if _is_type_checking_block(child):
-                continue
             if isinstance(child, (ast.Import, ast.ImportFrom)):
                 found.extend((target, top_level) for target in _resolve(path, child))
             nested = top_level and not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
