@@ -16,6 +16,7 @@ from .errors import BagelCheckpointError, BagelInputError
 from .framing import GEN_THINK_SYSTEM_PROMPT, VLM_THINK_SYSTEM_PROMPT, SpecialIds, extract_generated_text
 from .images import to_pil, unpatchify_latent
 from .memory import batch_cfg_fits
+from .oom import release_on_oom
 from .precision_loading import load_with_precision
 from .quantization import check_precision
 from .quantized_checkpoint import save_quantized
@@ -68,6 +69,7 @@ class BagelPipeline:
         self.builder = ConditioningBuilder(self.runtime, tokenizer)
 
     @classmethod
+    @release_on_oom
     def from_pretrained(cls, path: str | Path, precision: str = "bf16", device: str = "auto",
                         compute_dtype: str = "auto", *, available_memory: int | None = None,
                         check_memory: bool = True) -> "BagelPipeline":
@@ -103,6 +105,7 @@ class BagelPipeline:
 
     # ---- public flows -------------------------------------------------------------------------------
 
+    @release_on_oom
     def understand(self, images, prompt: str, think: bool = False, max_new_tokens: int = 512,
                    do_sample: bool = False, temperature: float = 0.3, seed: int = 0,
                    callback: ProgressFn | None = None, inputs: list | None = None) -> BagelResult:
@@ -117,6 +120,7 @@ class BagelPipeline:
         return BagelResult(text=text, thinking=thinking, answer=answer, token_ids=ids[1:],
                            seconds=time.perf_counter() - start)
 
+    @release_on_oom
     def think(self, prompt: str, images=None, max_think_tokens: int = 1000, do_sample: bool = False,
               temperature: float = 0.3, seed: int = 0, callback: ProgressFn | None = None) -> BagelResult:
         """The plan the model writes before generating (no image) or editing (with images)."""
@@ -128,6 +132,7 @@ class BagelPipeline:
         plan = extract_generated_text(self.tokenizer, ids)
         return BagelResult(text=plan, thinking=plan, token_ids=ids[1:], seconds=time.perf_counter() - start)
 
+    @release_on_oom
     def generate_image(self, prompt: str, width: int = 1024, height: int = 1024, steps: int = 50,
                        cfg_text_scale: float = 4.0, cfg_img_scale: float = 1.0,
                        cfg_interval=(0.4, 1.0), timestep_shift: float = 3.0, cfg_renorm_min: float = 0.0,
@@ -146,6 +151,7 @@ class BagelPipeline:
         return self._image_flow(items, settings, (width, height), think, max_think_tokens, thinking, seed,
                                 callback, do_sample, temperature, speed)
 
+    @release_on_oom
     def edit_image(self, images, prompt: str, steps: int = 50, cfg_text_scale: float = 4.0,
                    cfg_img_scale: float = 2.0, cfg_interval=(0.0, 1.0), timestep_shift: float = 3.0,
                    cfg_renorm_min: float = 0.0, cfg_renorm_type: str = "text_channel", think: bool = False,
@@ -243,6 +249,7 @@ class BagelPipeline:
             return False
         return batch
 
+    @release_on_oom
     @torch.no_grad()
     def decode_latent(self, latent: torch.Tensor, banded: bool | None = None) -> Image.Image:
         """Autoencoder decode of a (1, 16, H/8, W/8) latent. ``banded`` (None: on CUDA, where memory is
