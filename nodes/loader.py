@@ -4,6 +4,8 @@ import logging
 
 import comfy.model_management as mm
 
+from bagel_model.folder_check import describe_problems, incomplete_files
+
 from . import model_folders
 from .download import download_checkpoint
 from .memory_check import check_fits
@@ -29,11 +31,16 @@ def _precision_problem(precision) -> str | None:
 
 
 def _folder_problem(model_folder, download_if_missing) -> str | None:
-    if model_folder is None or model_folders.find_model_folder(model_folder) is not None:
+    if model_folder is None:
         return None
     if download_if_missing and model_folder == model_folders.DOWNLOAD_FOLDER_NAME:
-        return None
-    return model_folders.missing_folder_message(model_folder)
+        return None  # missing or incomplete: the download creates or completes it
+    path = model_folders.find_model_folder(model_folder) or model_folders.find_partial_folder(model_folder)
+    if path is None:
+        return model_folders.missing_folder_message(model_folder)
+    problems = incomplete_files(path)
+    return model_folders.incomplete_folder_message(model_folder, path, describe_problems(problems)) \
+        if problems else None
 
 
 class BagelMoTModelLoader:
@@ -78,9 +85,9 @@ class BagelMoTModelLoader:
         problem = _folder_problem(model_folder, download_if_missing) or _precision_problem(precision)
         if problem:
             raise ValueError(problem)
-        path = model_folders.find_model_folder(model_folder)
-        if path is None:
-            path = download_checkpoint(model_folders.download_target_dir())
+        path = model_folders.find_model_folder(model_folder) or model_folders.find_partial_folder(model_folder)
+        if path is None or incomplete_files(path):  # _folder_problem let it through: download_if_missing is on
+            path = download_checkpoint(path or model_folders.download_target_dir())
         weight_bytes, working_bytes = check_fits(path, model_folder, precision)
         device = mm.get_torch_device()
         logger.info("Loading BAGEL checkpoint %s in %s to %s.", path, precision, device)
