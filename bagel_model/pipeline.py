@@ -205,8 +205,8 @@ class BagelPipeline:
         settings.validate()
         if size is not None:
             self._check_size(*size)
-        if thinking is not None and not thinking.strip():
-            thinking = None
+        # A given plan is used as it is, even blank: the integrated think route uses whatever the model wrote, and
+        # plugging that same text in must give the same image. Only None means "no plan".
         generator = torch.Generator("cpu").manual_seed(seed)
         system = GEN_THINK_SYSTEM_PROMPT if (think or thinking is not None) else None
         cond = self.builder.build(items, system, use_vae=True, generator=generator)
