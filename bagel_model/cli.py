@@ -21,7 +21,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="BAGEL checkpoint folder")
     parser.add_argument("--precision", default="bf16", help="weight precision: bf16, fp16, fp32, nf4, int8")
     parser.add_argument("--compute-dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda[:N], xpu[:N] or mps")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="write a JSON summary here")
 
@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     quant.add_argument("--model", required=True, help="original BAGEL checkpoint folder")
     quant.add_argument("--precision", required=True, choices=["nf4", "int8"])
     quant.add_argument("--out", required=True, help="new folder for the pre-quantized checkpoint")
-    quant.add_argument("--device", default="auto", help="where to quantize: auto, cpu or cuda[:N]")
+    quant.add_argument("--device", default="auto", help="where to quantize: auto, cpu, cuda[:N], xpu[:N] or mps")
     make = sub.add_parser("make-test-checkpoint", help="write a random checkpoint in the real layout")
     make.add_argument("out_dir")
     make.add_argument("--preset", default="tiny", choices=["tiny", "small"])

@@ -7,6 +7,7 @@ import comfy.model_management as mm
 from bagel_model.folder_check import describe_problems, incomplete_files
 
 from . import model_folders
+from .compute_dtype import comfy_compute_dtype
 from .download import download_checkpoint
 from .memory_check import check_fits
 from .model_handle import MODEL_TYPE, BagelMoTModel
@@ -96,7 +97,7 @@ class BagelMoTModelLoader:
         # check_fits above already applied the memory rule for this device.
         mm.free_memory(weight_bytes + working_bytes, device)
         pipeline = BagelPipeline.from_pretrained(path, precision=precision, device=str(device),
-                                                 check_memory=False)
+                                                 compute_dtype=comfy_compute_dtype(device), check_memory=False)
         return (BagelMoTModel(pipeline, model_folder, precision, working_bytes, weight_bytes),)
 
 

@@ -1,4 +1,6 @@
 """Node behaviour that ComfyUI's own conventions decide: blank plans, device and dtype policy, re-execution."""
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -33,3 +35,43 @@ def test_blank_plan_from_think_is_used_like_the_core_uses_it(ours, model):
         assert torch.equal(via_node[0], _as_float(direct.images[0]))
     empty_box = node.generate(model, "a house", 32, 32, seed=3, batch_size=1, thinking="", **FAST)[0]
     assert torch.equal(empty_box[0], _as_float(model.pipeline.generate_image("a house", **core).images[0]))
+
+
+@pytest.fixture()
+def fake_nvidia_gpu(comfy_nodes, monkeypatch):
+    """Makes ComfyUI's own should_use_bf16/should_use_fp16 see an NVIDIA GPU of the given generation."""
+    import comfy.model_management as mm
+
+    def install(major: int, name: str):
+        monkeypatch.setattr(mm, "cpu_mode", lambda: False)
+        monkeypatch.setattr(mm, "is_amd", lambda: False)
+        monkeypatch.setattr(torch.version, "hip", None)
+        monkeypatch.setattr(torch.cuda, "get_device_properties",
+                            lambda device=None: type("Props", (), {"major": major, "minor": 0, "name": name})())
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # emulated counts too
+
+    return install
+
+
+@pytest.fixture()
+def compute_dtype(ours):
+    """The pack's nodes/compute_dtype.py, as ComfyUI imported it (ComfyUI names the pack's modules by path)."""
+    return sys.modules[ours["BagelMoTModelLoader"].__module__.rsplit(".", 1)[0] + ".compute_dtype"]
+
+
+@pytest.mark.parametrize("major, name, expected", [(7, "Tesla V100-SXM2-16GB", "fp16"), (7, "NVIDIA T1000", "fp32"),
+                                                   (8, "NVIDIA A100-SXM4-40GB", "bf16")])
+def test_gpu_compute_dtype_follows_comfyuis_policy(fake_nvidia_gpu, compute_dtype, major, name, expected):
+    fake_nvidia_gpu(major, name)
+    assert compute_dtype.comfy_compute_dtype(torch.device("cuda:0")) == expected
+
+
+def test_cpu_keeps_the_core_rule_unless_comfyui_forces_fp32(compute_dtype, model, monkeypatch):
+    import comfy.model_management as mm
+
+    from bagel_model.devices import resolve_compute_dtype
+
+    assert compute_dtype.comfy_compute_dtype(torch.device("cpu")) == "auto"
+    assert model.pipeline.compute_dtype == resolve_compute_dtype("auto", torch.device("cpu"))
+    monkeypatch.setattr(mm, "FORCE_FP32", True)
+    assert compute_dtype.comfy_compute_dtype(torch.device("cpu")) == "fp32"
