@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 import comfy.utils
-from bagel_model.folder_check import describe_problems, incomplete_files
+from bagel_model.checkpoint.folder_check import describe_problems, incomplete_files
 
 from .model_folders import HF_REPO_ID
 

@@ -4,7 +4,7 @@ import logging
 
 import comfy.model_management as mm
 
-from bagel_model.folder_check import describe_problems, incomplete_files
+from bagel_model.checkpoint.folder_check import describe_problems, incomplete_files
 
 from . import model_folders
 from .compute_dtype import comfy_compute_dtype

@@ -22,7 +22,7 @@ def ours(comfy_nodes, tiny_checkpoint):
 def test_oom_while_loading_is_comfyuis_oom_and_next_load_works(ours, tiny_checkpoint, monkeypatch):
     import comfy.model_management as mm
 
-    import bagel_model.loading as loading
+    import bagel_model.checkpoint.loading as loading
 
     monkeypatch.setattr(loading, "_convert", _oom)
     with pytest.raises(mm.OOM_EXCEPTION, match="injected"):

@@ -2,7 +2,7 @@
 import json
 import shutil
 
-from bagel_model.folder_check import expected_files, incomplete_files
+from bagel_model.checkpoint.folder_check import expected_files, incomplete_files
 
 
 def test_complete_folder_has_no_problems(tiny_checkpoint):

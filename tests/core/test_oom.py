@@ -6,7 +6,7 @@ import weakref
 import pytest
 import torch
 
-import bagel_model.loading as loading
+import bagel_model.checkpoint.loading as loading
 from bagel_model import BagelPipeline
 from bagel_model.model.kv_cache import KVCache
 

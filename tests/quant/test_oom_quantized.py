@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from bagel_model import BagelPipeline
-from bagel_model import quantization, quantized_checkpoint
+from bagel_model.checkpoint import prequantized as quantized_checkpoint, quantization
 
 
 def _oom(*args, **kwargs):

@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .config import AE_FILE, LLM_CONFIG, VIT_CONFIG, WEIGHTS_FILE
-from .errors import BagelCheckpointError
+from ..config import AE_FILE, LLM_CONFIG, VIT_CONFIG, WEIGHTS_FILE
+from ..errors import BagelCheckpointError
+from .prequantized import MARKER_FILE as PREQUANTIZED_MARKER
 from .safetensors_header import read_header
 
 TOKENIZER_FILES = ("vocab.json", "merges.txt")
-PREQUANTIZED_MARKER = "quantization_config.json"  # quantized_checkpoint.MARKER_FILE (that module needs torch ops)
 # huggingface_hub keeps the part of a file it is still downloading here, inside the target folder.
 HF_PARTIAL_DOWNLOADS = Path(".cache") / "huggingface" / "download"
 
