@@ -52,11 +52,13 @@ def file_problem(path: Path) -> str | None:
 
 def incomplete_files(folder: str | Path) -> dict[str, str]:
     """``{file name: problem}`` for every needed file of ``folder`` that is missing, short or unreadable, plus
-    ``{partial download: ...}`` when huggingface_hub left an unfinished file behind. Empty: the folder is complete."""
+    ``{partial download: ...}`` when huggingface_hub also left an unfinished file behind. Empty: complete."""
     folder = Path(folder)
     names = expected_files(folder) + ([PREQUANTIZED_MARKER] if (folder / PREQUANTIZED_MARKER).is_file() else [])
     problems = {name: problem for name in names if (problem := file_problem(folder / name))}
-    partial = sorted(p.name for p in (folder / HF_PARTIAL_DOWNLOADS).glob("*.incomplete"))
+    # Unfinished parts only explain a needed file that is not whole; alone (say, an optional file whose download
+    # stopped) they do not make a usable folder incomplete.
+    partial = sorted(p.name for p in (folder / HF_PARTIAL_DOWNLOADS).glob("*.incomplete")) if problems else []
     if partial:
         problems[str(HF_PARTIAL_DOWNLOADS / partial[0])] = f"unfinished download ({len(partial)} file(s))"
     return problems

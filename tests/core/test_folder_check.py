@@ -32,3 +32,16 @@ def test_prequantized_folder_needs_its_own_weights_file(tiny_checkpoint, tmp_pat
     assert incomplete_files(folder) == {}
     (folder / "ema.nf4.safetensors").unlink()
     assert incomplete_files(folder) == {"ema.nf4.safetensors": "missing"}
+
+
+def test_unfinished_parts_alone_do_not_make_a_whole_folder_incomplete(tiny_checkpoint, tmp_path):
+    folder = tmp_path / "ck"
+    shutil.copytree(tiny_checkpoint, folder)
+    parts = folder / ".cache" / "huggingface" / "download"
+    parts.mkdir(parents=True)
+    (parts / "a1b2.README.md.incomplete").write_bytes(b"partial")
+    assert incomplete_files(folder) == {}
+    (folder / "merges.txt").unlink()
+    assert incomplete_files(folder) == {"merges.txt": "missing",
+                                        ".cache/huggingface/download/a1b2.README.md.incomplete":
+                                            "unfinished download (1 file(s))"}
