@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bagel_model import make_test_checkpoint  # noqa: E402
-from bagel_model.config import BagelConfig  # noqa: E402
+from bagel_model.checkpoint.folder import read_config  # noqa: E402
 from bagel_model.checkpoint.loading import build_skeleton, load_module_weights  # noqa: E402
 from bagel_model.checkpoint.memory import process_peak_rss_bytes  # noqa: E402
 from bagel_model.model import banded_autoencoder  # noqa: E402
@@ -42,7 +42,7 @@ def output_path(out_dir: str | Path, size: int, banded: bool) -> Path:
 
 def worker(folder: str, size: int, device_name: str, banded: bool, out_dir: str) -> dict:
     device = torch.device(device_name)
-    config = BagelConfig.from_folder(folder)
+    config = read_config(folder)
     _, vae = build_skeleton(config)
     load_module_weights(vae, Path(folder) / "ae.safetensors", device, torch.float32)
     vae.eval()

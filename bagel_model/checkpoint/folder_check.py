@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..config import AE_FILE, LLM_CONFIG, VIT_CONFIG, WEIGHTS_FILE
 from ..errors import BagelCheckpointError
-from .prequantized import MARKER_FILE as PREQUANTIZED_MARKER
+from .folder import AE_FILE, LLM_CONFIG, TOKENIZER_FILES, VIT_CONFIG, WEIGHTS_FILE
+from .folder import MARKER_FILE as PREQUANTIZED_MARKER
 from .safetensors_header import read_header
 
-TOKENIZER_FILES = ("vocab.json", "merges.txt")
+TOKENIZER_JSON = "tokenizer.json"  # text/tokenizer.py reads it instead of vocab.json + merges.txt when present
 # huggingface_hub keeps the part of a file it is still downloading here, inside the target folder.
 HF_PARTIAL_DOWNLOADS = Path(".cache") / "huggingface" / "download"
 
@@ -28,7 +28,8 @@ def expected_files(folder: str | Path) -> list[str]:
             weights = json.loads(marker.read_text(encoding="utf-8")).get("weights_file", WEIGHTS_FILE)
         except (json.JSONDecodeError, UnicodeDecodeError):
             weights = WEIGHTS_FILE  # reported as unreadable below
-    return [LLM_CONFIG, VIT_CONFIG, *TOKENIZER_FILES, AE_FILE, weights]
+    tokenizer = [TOKENIZER_JSON] if (Path(folder) / TOKENIZER_JSON).is_file() else list(TOKENIZER_FILES)
+    return [LLM_CONFIG, VIT_CONFIG, *tokenizer, AE_FILE, weights]
 
 
 def file_problem(path: Path) -> str | None:

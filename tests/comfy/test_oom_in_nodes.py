@@ -36,7 +36,9 @@ def test_oom_during_a_denoise_step_is_comfyuis_oom_and_next_run_works(ours, tiny
 
     model = ours["BagelMoTModelLoader"]().load(tiny_checkpoint.name, "bf16", False)[0]
     node = ours["BagelMoTTextToImage"]()
-    monkeypatch.setattr(model.pipeline.runtime, "velocity", _oom)
+    import bagel_model.generation.branch_velocities as branch_velocities
+
+    monkeypatch.setattr(branch_velocities, "branch_hidden", _oom)  # the LM call of every denoise step
     with pytest.raises(mm.OOM_EXCEPTION, match="injected"):
         node.generate(model, "a red cube", 32, 32, seed=1, batch_size=1, **FAST)
     monkeypatch.undo()

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import bagel_model.checkpoint.loading as loading
+import bagel_model.generation.branch_velocities as branch_velocities
 from bagel_model import BagelPipeline
 from bagel_model.model.kv_cache import KVCache
 
@@ -46,15 +47,15 @@ def test_oom_during_a_denoise_step_propagates_frees_the_caches_and_next_run_matc
     reference = tiny_pipe.generate_image("a red cube", **args).latents[0]
     gc.collect()
     caches_before = _live_kv_caches()
-    real_velocity, calls = tiny_pipe.runtime.velocity, []
+    real_branch_hidden, calls = branch_velocities.branch_hidden, []
 
-    def velocity_then_run_out(*a, **kw):
+    def branch_hidden_then_run_out(*a, **kw):  # the one LM call of every denoise step
         calls.append(1)
         if len(calls) == 3:
             raise _oom()
-        return real_velocity(*a, **kw)
+        return real_branch_hidden(*a, **kw)
 
-    monkeypatch.setattr(tiny_pipe.runtime, "velocity", velocity_then_run_out)
+    monkeypatch.setattr(branch_velocities, "branch_hidden", branch_hidden_then_run_out)
     with pytest.raises(torch.OutOfMemoryError) as info:
         tiny_pipe.generate_image("a red cube", **args)
     assert _live_kv_caches() == caches_before  # the generation's caches are gone while the error is held
