@@ -10,11 +10,14 @@ import json
 from pathlib import Path
 
 from ..errors import BagelCheckpointError
-from .folder import AE_FILE, LLM_CONFIG, TOKENIZER_FILES, VIT_CONFIG, WEIGHTS_FILE
+from .folder import AE_FILE, LLM_CONFIG, VIT_CONFIG, WEIGHTS_FILE
 from .folder import MARKER_FILE as PREQUANTIZED_MARKER
 from .safetensors_header import read_header
 
-TOKENIZER_JSON = "tokenizer.json"  # text/tokenizer.py reads it instead of vocab.json + merges.txt when present
+# The tokenizer files text/tokenizer.py reads (checkpoint/ may not import text/): tokenizer.json when present,
+# else vocab.json + merges.txt.
+TOKENIZER_JSON = "tokenizer.json"
+VOCAB_FILES = ("vocab.json", "merges.txt")
 # huggingface_hub keeps the part of a file it is still downloading here, inside the target folder.
 HF_PARTIAL_DOWNLOADS = Path(".cache") / "huggingface" / "download"
 
@@ -28,7 +31,7 @@ def expected_files(folder: str | Path) -> list[str]:
             weights = json.loads(marker.read_text(encoding="utf-8")).get("weights_file", WEIGHTS_FILE)
         except (json.JSONDecodeError, UnicodeDecodeError):
             weights = WEIGHTS_FILE  # reported as unreadable below
-    tokenizer = [TOKENIZER_JSON] if (Path(folder) / TOKENIZER_JSON).is_file() else list(TOKENIZER_FILES)
+    tokenizer = [TOKENIZER_JSON] if (Path(folder) / TOKENIZER_JSON).is_file() else list(VOCAB_FILES)
     return [LLM_CONFIG, VIT_CONFIG, *tokenizer, AE_FILE, weights]
 
 
