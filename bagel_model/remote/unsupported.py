@@ -1,0 +1,64 @@
+"""What the vLLM-Omni server cannot do as the local backend does: warnings (sent anyway, result may differ)
+and errors (cannot be sent at all). Nothing here changes a setting behind the user's back."""
+from __future__ import annotations
+
+from PIL import Image
+
+from ..errors import BagelInputError
+from .schema import SEED_LIMIT, SCHEMA_VERSION
+
+SERVER_TIMESTEP_SHIFT = 3.0  # what vLLM-Omni's BAGEL pipeline uses when it does not read the field
+
+
+def image_setting_warnings(timestep_shift: float, step_cache) -> list[str]:
+    warnings = []
+    if float(timestep_shift) != SERVER_TIMESTEP_SHIFT:
+        warnings.append(
+            f"timestep_shift={timestep_shift:g} is sent to the server, but vLLM-Omni versions whose BAGEL pipeline "
+            f"does not read it always use {SERVER_TIMESTEP_SHIFT:g}; 'python tools/check_remote.py URL' shows "
+            "whether your server honours it.")
+    if step_cache not in (None, "off"):
+        warnings.append(
+            f"step_cache={getattr(step_cache, 'mode', step_cache)!r} is not applied: the server has no per-request "
+            "step cache and samples every step (vLLM-Omni has its own: start it with --cache-backend tea_cache).")
+    return warnings
+
+
+def wire_seed(seed: int) -> tuple[int, list[str]]:
+    """The seed as the server accepts it (signed 64-bit), with a warning when it had to be folded."""
+    seed = int(seed)
+    if 0 <= seed <= SEED_LIMIT:
+        return seed, []
+    folded = seed % (SEED_LIMIT + 1)
+    return folded, [f"seed={seed} is above the server's signed 64-bit limit; sent seed={folded} "
+                    f"(seed mod 2^63) instead."]
+
+
+def reject_plan(thinking: str | None) -> None:
+    if thinking is not None and thinking.strip():
+        raise BagelInputError(
+            f"The vLLM-Omni server ({SCHEMA_VERSION}) has no field for a written plan, so 'thinking' cannot be "
+            "sent. Empty the 'thinking' input (the server writes its own plan when think mode is on), or use the "
+            "local BAGEL-MoT Model Loader.")
+
+
+def reject_interleaved(inputs) -> None:
+    if inputs is not None:
+        raise BagelInputError("Interleaved 'inputs' are not supported by the remote backend: the server takes "
+                              "one prompt and at most one image per request.")
+
+
+def single_image(images, what: str) -> list[Image.Image]:
+    """vLLM-Omni's chat endpoint uses only the first image of a request: refuse more instead of dropping them."""
+    if isinstance(images, Image.Image):
+        images = [images]
+    images = list(images or [])
+    if len(images) > 1:
+        raise BagelInputError(
+            f"{what} got {len(images)} images, but the vLLM-Omni server uses only the first image of a request "
+            "(reference images are not supported remotely). Disconnect the extra images, or use the local "
+            "BAGEL-MoT Model Loader.")
+    for image in images:
+        if not isinstance(image, Image.Image):
+            raise BagelInputError(f"Inputs must be PIL images, got {type(image).__name__}.")
+    return images
