@@ -4,11 +4,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
 
-from .errors import BagelError
+from .errors import BagelError, BagelInputError
 from .pipeline import EDIT_DEFAULTS, GENERATE_DEFAULTS, BagelPipeline, BagelResult
 from .step_cache import StepCacheSettings
 
@@ -16,9 +17,16 @@ log = logging.getLogger("bagel_model")
 
 
 BATCH_CFG_CHOICES = {"auto": None, "on": True, "off": False}  # None: the pipeline decides per device
+REMOTE_KEY_ENV = "BAGEL_MOT_API_KEY"  # never a command-line argument: those show up in process lists
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="BAGEL checkpoint folder")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="BAGEL checkpoint folder")
+    source.add_argument("--remote", metavar="URL",
+                        help="run on a vLLM-Omni BAGEL server instead (e.g. http://gpu-box:8091); its API key, if "
+                             "any, is read from the BAGEL_MOT_API_KEY environment variable")
+    parser.add_argument("--remote-timeout", type=float, default=600.0,
+                        help="seconds to wait for the server's answer (with --remote)")
     parser.add_argument("--precision", default="bf16", help="weight precision: bf16, fp16, fp32, nf4, int8")
     parser.add_argument("--compute-dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
@@ -96,8 +104,6 @@ def build_parser() -> argparse.ArgumentParser:
 def _open_images(paths: list[str] | None):
     from PIL import Image, UnidentifiedImageError
 
-    from .errors import BagelInputError
-
     images = []
     for path in paths or []:
         try:
@@ -124,9 +130,20 @@ def _step_cache(args) -> StepCacheSettings | None:
                              args.step_cache_order)
 
 
-def _run(args) -> BagelResult:
-    pipe = BagelPipeline.from_pretrained(args.model, precision=args.precision, device=args.device,
+def _backend(args):
+    if args.remote:
+        from .remote import RemoteBagelClient
+
+        if getattr(args, "save_latent", None):
+            raise BagelInputError("--save-latent needs a local --model: the server returns pixels only.")
+        return RemoteBagelClient(args.remote, api_key=os.environ.get(REMOTE_KEY_ENV) or None,
+                                 timeout=args.remote_timeout, max_concurrent_requests=1)
+    return BagelPipeline.from_pretrained(args.model, precision=args.precision, device=args.device,
                                          compute_dtype=args.compute_dtype)
+
+
+def _run(args) -> BagelResult:
+    pipe = _backend(args)
     if args.command == "understand":
         return pipe.understand(_open_images(args.image), args.prompt, think=args.think,
                                max_new_tokens=args.max_new_tokens, do_sample=args.do_sample,
