@@ -1,8 +1,8 @@
 """Image Edit node: an instruction applied to each image of a batch, one by one."""
 from PIL import Image
 
+from .batch_runner import run_jobs, with_warnings
 from .image_convert import image_batch_to_pil, pil_to_image_batch
-from .progress import NodeProgress
 from .sampler_inputs import (EDIT_DEFAULTS, core_sampler_kwargs, model_input, plan_or_none,
                              prompt_and_interval_problems, sampler_input_types, seed_input, size_input,
                              step_cache_input, text_input, thinking_input)
@@ -71,19 +71,17 @@ class BagelMoTEdit:
         sources = image_batch_to_pil(image, "image")
         references = [] if reference_images is None else image_batch_to_pil(reference_images, "reference_images")
         pipeline = bagel_model.ready_pipeline()
-        progress = NodeProgress(len(sources))
         size = (int(width), int(height)) if output_size == "custom" else None
+        jobs = [dict(images=[*references, source], prompt=instruction, thinking=plan_or_none(thinking),
+                     output_size=size, seed=seed, **core_sampler_kwargs(sampler)) for source in sources]
+        results = run_jobs(pipeline, "edit_image", jobs)
         edited = []
-        for index, source in enumerate(sources):
-            result = pipeline.edit_image(
-                [*references, source], instruction, thinking=plan_or_none(thinking), output_size=size,
-                seed=seed, callback=progress.callback(index), **core_sampler_kwargs(sampler),
-            )
+        for source, result in zip(sources, results):
             picture = result.images[0]
             if output_size == "match_input" and picture.size != source.size:
                 picture = picture.resize(source.size, Image.Resampling.LANCZOS)
             edited.append(picture)
-        return (pil_to_image_batch(edited),)
+        return with_warnings((pil_to_image_batch(edited),), results)
 
 
 NODE_CLASS_MAPPINGS = {"BagelMoTEdit": BagelMoTEdit}

@@ -3,6 +3,7 @@
 Both return {"ui": {"text": [...]}} so the pack's small frontend extension
 (js/bagel_mot_text_preview.js) shows the text on the node.
 """
+from .batch_runner import run_jobs, with_warnings
 from .image_convert import image_batch_to_pil
 from .progress import NodeProgress
 from .sampler_inputs import model_input, seed_input, text_input
@@ -53,16 +54,12 @@ class BagelMoTUnderstand:
         raise_if_problem(text_problem("question", question))
         pictures = image_batch_to_pil(image, "image")
         pipeline = bagel_model.ready_pipeline()
-        progress = NodeProgress(len(pictures))
-        answers, thoughts = [], []
-        for index, picture in enumerate(pictures):
-            result = pipeline.understand(
-                [picture], question, think=think, max_new_tokens=max_new_tokens, do_sample=do_sample,
-                temperature=temperature, seed=seed, callback=progress.callback(index),
-            )
-            answers.append(result.answer)
-            thoughts.append(result.thinking or "")
-        return {"ui": {"text": answers}, "result": (answers, thoughts)}
+        jobs = [dict(images=[picture], prompt=question, think=think, max_new_tokens=max_new_tokens,
+                     do_sample=do_sample, temperature=temperature, seed=seed) for picture in pictures]
+        results = run_jobs(pipeline, "understand", jobs)
+        answers = [result.answer for result in results]
+        thoughts = [result.thinking or "" for result in results]
+        return with_warnings({"ui": {"text": answers}, "result": (answers, thoughts)}, results)
 
 
 class BagelMoTThink:
@@ -117,7 +114,7 @@ class BagelMoTThink:
             prompt, images=images, max_think_tokens=max_think_tokens, do_sample=do_sample,
             temperature=temperature, seed=seed, callback=NodeProgress(1).callback(0),
         )
-        return {"ui": {"text": [result.thinking]}, "result": (result.thinking,)}
+        return with_warnings({"ui": {"text": [result.thinking]}, "result": (result.thinking,)}, [result])
 
 
 NODE_CLASS_MAPPINGS = {"BagelMoTUnderstand": BagelMoTUnderstand, "BagelMoTThink": BagelMoTThink}

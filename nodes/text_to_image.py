@@ -1,6 +1,6 @@
 """Text to Image node."""
+from .batch_runner import run_jobs, with_warnings
 from .image_convert import pil_to_image_batch
-from .progress import NodeProgress
 from .sampler_inputs import (SEED_MAX, TEXT_TO_IMAGE_DEFAULTS, core_sampler_kwargs, model_input,
                              plan_or_none, prompt_and_interval_problems, sampler_input_types, seed_input,
                              size_input, step_cache_input, text_input, thinking_input)
@@ -44,16 +44,12 @@ class BagelMoTTextToImage:
                                           sampler["cfg_interval_end"]),
         )
         pipeline = bagel_model.ready_pipeline()
-        progress = NodeProgress(batch_size)
-        pictures = []
-        for index in range(batch_size):
-            result = pipeline.generate_image(
-                prompt, width=width, height=height, thinking=plan_or_none(thinking),
-                seed=(seed + index) % (SEED_MAX + 1), callback=progress.callback(index),
-                **core_sampler_kwargs(sampler),
-            )
-            pictures.extend(result.images)
-        return (pil_to_image_batch(pictures),)
+        jobs = [dict(prompt=prompt, width=width, height=height, thinking=plan_or_none(thinking),
+                     seed=(seed + index) % (SEED_MAX + 1), **core_sampler_kwargs(sampler))
+                for index in range(batch_size)]
+        results = run_jobs(pipeline, "generate_image", jobs)
+        pictures = [picture for result in results for picture in result.images]
+        return with_warnings((pil_to_image_batch(pictures),), results)
 
 
 NODE_CLASS_MAPPINGS = {"BagelMoTTextToImage": BagelMoTTextToImage}
