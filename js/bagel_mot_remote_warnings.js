@@ -40,7 +40,12 @@ app.registerExtension({
     nodeType.prototype.onExecuted = function (message) {
       previousOnExecuted?.apply(this, arguments);
       const warnings = message?.[WARNINGS_KEY];
-      if (Array.isArray(warnings) && warnings.length) showWarnings(this, warnings);
+      if (Array.isArray(warnings) && warnings.length) {
+        showWarnings(this, warnings);
+      } else {
+        const stale = this.widgets?.find((w) => w.name === WIDGET_NAME);
+        if (stale) stale.value = ""; // this run applied every setting
+      }
     };
   },
 });
