@@ -18,6 +18,7 @@ from .transport import JsonPoster
 log = logging.getLogger(__name__)
 
 METHODS = ("generate_image", "edit_image", "understand", "think")
+SEED_RANGE = 2 ** 64  # ComfyUI seeds wrap like the local backend's (seed + k) % 2**64
 
 
 @dataclass
@@ -33,6 +34,16 @@ class _Job:
     payload: dict
     finish: Callable[[schema.Reply], RemoteResult]
     warnings: list[str]
+
+
+def _merged(results: list[RemoteResult]) -> RemoteResult:
+    """The images of one batched call as one result (plan of the first image, as the local batch keeps)."""
+    merged = results[0]
+    for other in results[1:]:
+        merged.images += other.images
+        merged.seconds += other.seconds
+        merged.warnings += [warning for warning in other.warnings if warning not in merged.warnings]
+    return merged
 
 
 def _ensure_prompt(prompt) -> str:
@@ -77,9 +88,14 @@ class RemoteBagelClient:
     # ---- BagelPipeline-compatible calls ------------------------------------------------------------
 
     def generate_image(self, prompt: str, width: int = 1024, height: int = 1024, callback=None,
-                       **settings) -> RemoteResult:
-        return self.run_concurrently("generate_image", [dict(prompt=prompt, width=width, height=height,
-                                                             **settings)], callback)[0]
+                       num_images: int = 1, **settings) -> RemoteResult:
+        """``num_images``: image k uses seed + k (as locally), each its own concurrent request."""
+        if not isinstance(num_images, int) or num_images < 1:
+            raise BagelInputError(f"num_images must be a whole number >= 1, got {num_images!r}.")
+        seed = int(settings.pop("seed", 0))
+        jobs = [dict(prompt=prompt, width=width, height=height, seed=(seed + k) % SEED_RANGE, **settings)
+                for k in range(num_images)]
+        return _merged(self.run_concurrently("generate_image", jobs, callback))
 
     def edit_image(self, images, prompt: str, callback=None, **settings) -> RemoteResult:
         return self.run_concurrently("edit_image", [dict(images=images, prompt=prompt, **settings)], callback)[0]
@@ -140,8 +156,9 @@ class RemoteBagelClient:
                                 cfg_img_scale=1.0, cfg_interval=(0.4, 1.0), timestep_shift=3.0,
                                 cfg_renorm_min=0.0, cfg_renorm_type="global", think=False, max_think_tokens=1000,
                                 thinking=None, seed=0, do_sample=False, temperature=0.3, inputs=None,
-                                step_cache=None, batch_cfg=None) -> _Job:
-        # batch_cfg only changes how the local backend schedules CFG branches (same result): nothing to send.
+                                step_cache=None, batch_cfg=None, batch_images=None, preview=None) -> _Job:
+        # batch_cfg / batch_images only change how the local backend schedules its work (same result), and the
+        # server streams no intermediate latents for previews: nothing to send for them.
         settings = SamplerSettings(int(steps), cfg_text_scale, cfg_img_scale, tuple(cfg_interval), timestep_shift,
                                    cfg_renorm_min, cfg_renorm_type)
         return self._image_job(prompt, [], (int(width), int(height)), settings, seed, think, max_think_tokens,
@@ -151,7 +168,7 @@ class RemoteBagelClient:
                             cfg_interval=(0.0, 1.0), timestep_shift=3.0, cfg_renorm_min=0.0,
                             cfg_renorm_type="text_channel", think=False, max_think_tokens=1000, thinking=None,
                             output_size=None, seed=0, do_sample=False, temperature=0.3, inputs=None,
-                            step_cache=None, batch_cfg=None) -> _Job:
+                            step_cache=None, batch_cfg=None, preview=None) -> _Job:
         pictures = unsupported.single_image(images, "edit_image")
         if not pictures:
             raise BagelInputError("edit_image needs at least one input image.")

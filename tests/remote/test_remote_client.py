@@ -144,3 +144,11 @@ def test_client_repr_and_url_forms(fake_server):
     assert fake_server.headers[0]["Authorization"] == "Bearer sk-123"
     with pytest.raises(BagelInputError, match="not an http"):
         RemoteBagelClient("gpu-box:8091")
+
+
+def test_num_images_fans_out_with_seed_plus_k(fake_server):
+    result = client_for(fake_server, max_concurrent_requests=2).generate_image(
+        "x", width=32, height=32, seed=2 ** 64 - 1, num_images=3, preview=lambda *args: None, batch_images=True)
+    assert len(result.images) == 3
+    assert sorted(request["fields"]["seed"] for request in fake_server.requests) == [0, 1, 2 ** 63 - 1]
+    assert any("seed mod 2^63" in warning for warning in result.warnings)
