@@ -2,8 +2,8 @@
 
 Written on the standard library's http.client rather than urllib or requests: Cancel must abort requests
 that are in flight, and the only way to wake a thread blocked reading a response is to shut down its socket,
-which http.client exposes (``connection.sock``) and urllib/requests hide. vLLM's server aborts a request when
-its client disconnects, so shutting the socket also frees the GPU.
+which http.client exposes (``connection.sock``) and urllib/requests hide. vLLM's chat endpoint cancels the
+handling of a request whose client disconnected, so the server can drop the work too.
 """
 from __future__ import annotations
 
