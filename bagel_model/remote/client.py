@@ -9,7 +9,7 @@ from typing import Callable
 
 from ..errors import BagelInputError
 from ..pipeline import BagelResult, split_thinking
-from ..sampler import SamplerSettings
+from ..generation.sampler import SamplerSettings
 from . import schema, unsupported
 from .concurrency import run_concurrently
 from .errors import ServerAddress
