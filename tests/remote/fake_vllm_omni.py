@@ -46,7 +46,7 @@ def _check_type(name, value, kind):
         raise RequestError(f"{name} must be an integer, got {value!r}")
     if kind is NUMBER and (isinstance(value, bool) or not isinstance(value, NUMBER)):
         raise RequestError(f"{name} must be a number, got {value!r}")
-    if kind in (str, bool, list) and not isinstance(value, kind):
+    if kind in (str, bool, list, dict) and not isinstance(value, kind):
         raise RequestError(f"{name} must be a {kind.__name__}, got {value!r}")
 
 
@@ -147,8 +147,6 @@ def png_uri(image: Image.Image) -> str:
 
 class FakeVllmOmni:
     """``with FakeVllmOmni() as fake: fake.url`` — a server on 127.0.0.1 at a free port."""
-
-    IGNORED_WHEN_OLD = ("timestep_shift",)
 
     def __init__(self, api_key: str | None = None):
         self.api_key = api_key

@@ -1,10 +1,9 @@
 """tools/check_remote.py, run as a user would, against the fake vLLM-Omni server."""
 import subprocess
 import sys
+from pathlib import Path
 
-from conftest import REPO_ROOT
-
-TOOL = REPO_ROOT / "tools" / "check_remote.py"
+TOOL = Path(__file__).resolve().parents[2] / "tools" / "check_remote.py"
 
 
 def check(url, *extra):
