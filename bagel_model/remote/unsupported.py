@@ -38,8 +38,9 @@ def reject_plan(thinking: str | None) -> None:
     if thinking is not None and thinking.strip():
         raise BagelInputError(
             f"The vLLM-Omni server ({SCHEMA_VERSION}) has no field for a written plan, so 'thinking' cannot be "
-            "sent. Empty the 'thinking' input (the server writes its own plan when think mode is on), or use the "
-            "local BAGEL-MoT Model Loader.")
+            "sent. Empty the 'thinking' input to generate without a plan, or use the local BAGEL-MoT Model "
+            "Loader. (The server's own think mode, where it writes the plan itself, is the CLI's --think and "
+            "the Python API's think=True.)")
 
 
 def reject_interleaved(inputs) -> None:
