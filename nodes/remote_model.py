@@ -20,7 +20,9 @@ class RemoteModelHandle:
     def __init__(self, client: RemoteBagelClient):
         self.client = client
 
-    def ready_pipeline(self) -> RemoteBagelClient:
+    def ready_pipeline(self, *task, **sizes) -> RemoteBagelClient:
+        """Same call as the local handle's; the task and sizes it describes size local memory, of which a
+        server needs none here."""
         return self.client
 
     def __repr__(self) -> str:  # shown in ComfyUI's error reports: the server, never the key
