@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..errors import BagelInputError
-from ..pipeline import BagelResult, split_thinking
 from ..generation.sampler import SamplerSettings
+from ..pipeline import BagelResult, split_thinking
 from . import schema, unsupported
 from .concurrency import run_concurrently
 from .errors import ServerAddress
