@@ -16,6 +16,7 @@ import json
 import select
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from PIL import Image
@@ -156,6 +157,7 @@ class FakeVllmOmni:
         self.answer_override = None  # callable(parsed) -> raw bytes body (200), for wrong-shape answers
         self.think_layout = "separate"  # think + image: "separate" (text choice, image choice) or "image_only"
         self.honours = {"timestep_shift": True}  # False: answer as a server that fixes the shift at 3.0
+        self.latency = 0.0  # seconds each answer takes (a stand-in for generation time, for bench/)
         self.hold = threading.Event()  # cleared: requests wait (see hold_requests)
         self.hold.set()
         self.in_flight = 0
@@ -274,6 +276,8 @@ class FakeVllmOmni:
                 try:
                     if not fake._wait_while_held(self.connection):
                         return None
+                    if fake.latency:
+                        time.sleep(fake.latency)
                     self._answer(raw)
                 finally:
                     fake._leave()
