@@ -21,6 +21,10 @@ from .schema import parse_json
 
 log = logging.getLogger(__name__)
 
+# A connection attempt cannot be aborted from another thread, so it gets its own, shorter limit: Cancel and
+# interpreter exit never wait longer than this for a host that does not answer.
+CONNECT_TIMEOUT_SECONDS = 30.0
+
 
 class RequestAborted(Exception):
     """Raised inside a worker whose request was aborted (Cancel, or another request of the batch failed)."""
@@ -109,11 +113,15 @@ class JsonPoster:
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
 
+    @property
+    def connect_timeout(self) -> float:
+        return min(self.timeout, CONNECT_TIMEOUT_SECONDS)
+
     def _connection(self) -> http.client.HTTPConnection:
         if self.address.scheme == "https":
-            return http.client.HTTPSConnection(self.address.host, self.address.port, timeout=self.timeout,
+            return http.client.HTTPSConnection(self.address.host, self.address.port, timeout=self.connect_timeout,
                                                context=ssl.create_default_context())
-        return http.client.HTTPConnection(self.address.host, self.address.port, timeout=self.timeout)
+        return http.client.HTTPConnection(self.address.host, self.address.port, timeout=self.connect_timeout)
 
     def post(self, path: str, payload: dict, aborter: Aborter):
         """The decoded JSON answer; raises a RemoteError (or RequestAborted) otherwise."""
@@ -160,13 +168,14 @@ class JsonPoster:
                 "certificate.") from exc
         except (socket.timeout, TimeoutError, OSError) as exc:
             raise RemoteConnectionError(self._unreachable(exc, server)) from exc
+        connection.sock.settimeout(self.timeout)  # from now on: waiting for the answer
         aborter.register(connection)
 
     def _unreachable(self, exc: Exception, server: str) -> str:
         if isinstance(exc, socket.gaierror):
             why = f"the host name '{self.address.host}' does not resolve"
         elif isinstance(exc, (socket.timeout, TimeoutError)) or getattr(exc, "errno", None) == errno.ETIMEDOUT:
-            why = f"no answer to the connection within {self.timeout:g} s"
+            why = f"no answer to the connection within {self.connect_timeout:g} s"
         else:
             why = str(exc)
         return (f"Cannot reach the server at {server}: {why}. Check server_url, that the server is running, and "
