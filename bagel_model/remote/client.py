@@ -46,12 +46,6 @@ def _merged(results: list[RemoteResult]) -> RemoteResult:
     return merged
 
 
-def _ensure_prompt(prompt) -> str:
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise BagelInputError("The prompt is empty; write what the model should do.")
-    return prompt
-
-
 def _text_settings(max_tokens: int, do_sample: bool, temperature: float) -> schema.TextSettings:
     if int(max_tokens) < 1:
         raise BagelInputError(f"max_new_tokens must be at least 1, got {max_tokens}.")
@@ -132,17 +126,17 @@ class RemoteBagelClient:
 
         return send
 
-    def _image_job(self, prompt, images, size, settings: SamplerSettings, seed, think, max_think_tokens,
-                   thinking, do_sample, temperature, step_cache, inputs) -> _Job:
+    def _image_job(self, items, size, settings: SamplerSettings, seed, think, max_think_tokens, thinking,
+                   do_sample, temperature, step_cache) -> _Job:
         unsupported.reject_plan(thinking)
-        unsupported.reject_interleaved(inputs)
+        images, prompt = unsupported.image_and_prompt(items, "image generation")
         settings.validate()
         wire_seed, warnings = unsupported.wire_seed(seed)
         warnings = unsupported.image_setting_warnings(settings.timestep_shift, step_cache) + warnings
         fields = schema.ImageSettings(settings.steps, settings.cfg_text_scale, settings.cfg_img_scale,
                                       tuple(settings.cfg_interval), settings.cfg_renorm_type,
                                       settings.cfg_renorm_min, settings.timestep_shift)
-        payload = schema.image_request(_ensure_prompt(prompt), images, size, fields, wire_seed, think,
+        payload = schema.image_request(prompt, images, size, fields, wire_seed, think,
                                        _text_settings(max_think_tokens, do_sample, temperature))
 
         def finish(reply: schema.Reply) -> RemoteResult:
@@ -161,30 +155,32 @@ class RemoteBagelClient:
         # server streams no intermediate latents for previews: nothing to send for them.
         settings = SamplerSettings(int(steps), cfg_text_scale, cfg_img_scale, tuple(cfg_interval), timestep_shift,
                                    cfg_renorm_min, cfg_renorm_type)
-        return self._image_job(prompt, [], (int(width), int(height)), settings, seed, think, max_think_tokens,
-                               thinking, do_sample, temperature, step_cache, inputs)
+        items = unsupported.request_items(None, prompt, inputs, "generate_image")
+        if any(not isinstance(item, str) for item in items):
+            raise BagelInputError("generate_image takes no input image; use edit_image.")
+        return self._image_job(items, (int(width), int(height)), settings, seed, think, max_think_tokens,
+                               thinking, do_sample, temperature, step_cache)
 
     def _prepare_edit_image(self, images, prompt, steps=50, cfg_text_scale=4.0, cfg_img_scale=2.0,
                             cfg_interval=(0.0, 1.0), timestep_shift=3.0, cfg_renorm_min=0.0,
                             cfg_renorm_type="text_channel", think=False, max_think_tokens=1000, thinking=None,
                             output_size=None, seed=0, do_sample=False, temperature=0.3, inputs=None,
                             step_cache=None, batch_cfg=None, preview=None) -> _Job:
-        pictures = unsupported.single_image(images, "edit_image")
-        if not pictures:
+        items = unsupported.request_items(images, prompt, inputs, "edit_image")
+        if all(isinstance(item, str) for item in items):
             raise BagelInputError("edit_image needs at least one input image.")
         size = None if output_size is None else (int(output_size[0]), int(output_size[1]))
         settings = SamplerSettings(int(steps), cfg_text_scale, cfg_img_scale, tuple(cfg_interval), timestep_shift,
                                    cfg_renorm_min, cfg_renorm_type)
-        return self._image_job(prompt, pictures, size, settings, seed, think, max_think_tokens, thinking,
-                               do_sample, temperature, step_cache, inputs)
+        return self._image_job(items, size, settings, seed, think, max_think_tokens, thinking, do_sample,
+                               temperature, step_cache)
 
     def _prepare_understand(self, images, prompt, think=False, max_new_tokens=512, do_sample=False,
                             temperature=0.3, seed=0, inputs=None) -> _Job:
-        unsupported.reject_interleaved(inputs)
-        pictures = unsupported.single_image(images, "understand")
+        items = unsupported.request_items(images, prompt, inputs, "understand")
         wire_seed, warnings = unsupported.wire_seed(seed)
-        payload = schema.text_request(_ensure_prompt(prompt), pictures,
-                                      _text_settings(max_new_tokens, do_sample, temperature), wire_seed, think)
+        payload = schema.text_request(items, _text_settings(max_new_tokens, do_sample, temperature), wire_seed,
+                                      think)
 
         def finish(reply: schema.Reply) -> RemoteResult:
             text = schema.require_text(reply, self.server)
@@ -194,11 +190,11 @@ class RemoteBagelClient:
         return _Job(payload, finish, warnings)
 
     def _prepare_think(self, prompt, images=None, max_think_tokens=1000, do_sample=False, temperature=0.3,
-                       seed=0) -> _Job:
-        pictures = unsupported.single_image(images, "think")
+                       seed=0, inputs=None) -> _Job:
+        items = unsupported.request_items(images, prompt, inputs, "think")
         wire_seed, warnings = unsupported.wire_seed(seed)
-        payload = schema.text_request(_ensure_prompt(prompt), pictures,
-                                      _text_settings(max_think_tokens, do_sample, temperature), wire_seed, True)
+        payload = schema.text_request(items, _text_settings(max_think_tokens, do_sample, temperature), wire_seed,
+                                      True)
 
         def finish(reply: schema.Reply) -> RemoteResult:
             plan = schema.require_text(reply, self.server)

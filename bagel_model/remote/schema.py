@@ -53,10 +53,14 @@ def image_prompt_text(prompt: str) -> str:
     return f"<|im_start|>{prompt}<|im_end|>"
 
 
-def text_prompt_text(prompt: str, image_count: int) -> str:
-    """Text part of an image-to-text / text-to-text request, as in vLLM-Omni's BAGEL examples."""
-    pads = "<|image_pad|>\n" * image_count
-    return f"<|im_start|>user\n{pads}{prompt}<|im_end|>\n<|im_start|>assistant\n"
+IMAGE_PAD = "<|image_pad|>"
+
+
+def text_prompt_text(items) -> str:
+    """Text part of an image-to-text / text-to-text request, as in vLLM-Omni's BAGEL examples: one user turn in
+    which ``<|image_pad|>`` marks where each image of ``items`` (strings and images, in order) stands."""
+    body = "\n".join(item if isinstance(item, str) else IMAGE_PAD for item in items)
+    return f"<|im_start|>user\n{body}<|im_end|>\n<|im_start|>assistant\n"
 
 
 def user_message(text: str, images) -> list[dict]:
@@ -109,11 +113,13 @@ def image_request(prompt: str, images, size, settings: ImageSettings, seed: int,
     return payload
 
 
-def text_request(prompt: str, images, settings: TextSettings, seed: int, think: bool) -> dict:
-    """Understanding / planning. The standard OpenAI fields drive the AR stage of the two-stage server; the
-    BAGEL fields drive the single-stage pipeline's text path (it reads its token budget from max_think_tokens)."""
+def text_request(items, settings: TextSettings, seed: int, think: bool) -> dict:
+    """Understanding / planning of ``items`` (strings and images, in order). The standard OpenAI fields drive
+    the AR stage of the two-stage server; the BAGEL fields drive the single-stage pipeline's text path (it reads
+    its token budget from max_think_tokens)."""
+    images = [item for item in items if not isinstance(item, str)]
     return {
-        "messages": user_message(text_prompt_text(prompt, len(images)), images),
+        "messages": user_message(text_prompt_text(items), images),
         "modalities": ["text"],
         "max_tokens": int(settings.max_tokens),
         "temperature": float(settings.temperature) if settings.do_sample else 0.0,

@@ -43,23 +43,36 @@ def reject_plan(thinking: str | None) -> None:
             "the Python API's think=True.)")
 
 
-def reject_interleaved(inputs) -> None:
+def request_items(images, prompt, inputs, what: str) -> list:
+    """The strings and images of one request, in order (``inputs`` when given, as the local pipeline reads it,
+    else the images then the prompt). vLLM-Omni's chat endpoint uses only the first image of a request, so
+    more are refused instead of dropped."""
     if inputs is not None:
-        raise BagelInputError("Interleaved 'inputs' are not supported by the remote backend: the server takes "
-                              "one prompt and at most one image per request.")
-
-
-def single_image(images, what: str) -> list[Image.Image]:
-    """vLLM-Omni's chat endpoint uses only the first image of a request: refuse more instead of dropping them."""
-    if isinstance(images, Image.Image):
-        images = [images]
-    images = list(images or [])
-    if len(images) > 1:
+        items = list(inputs)
+    else:
+        items = [*([images] if isinstance(images, Image.Image) else list(images or [])), prompt]
+    for item in items:
+        if isinstance(item, str):
+            if not item.strip():
+                raise BagelInputError("The prompt is empty; write what the model should do.")
+        elif not isinstance(item, Image.Image):
+            raise BagelInputError(f"Inputs must be strings or PIL images, got {type(item).__name__}.")
+    if not any(isinstance(item, str) for item in items):
+        raise BagelInputError("The prompt is empty; write what the model should do.")
+    count = sum(1 for item in items if isinstance(item, Image.Image))
+    if count > 1:
         raise BagelInputError(
-            f"{what} got {len(images)} images, but the vLLM-Omni server uses only the first image of a request "
-            "(reference images are not supported remotely). Disconnect the extra images, or use the local "
-            "BAGEL-MoT Model Loader.")
-    for image in images:
-        if not isinstance(image, Image.Image):
-            raise BagelInputError(f"Inputs must be PIL images, got {type(image).__name__}.")
-    return images
+            f"{what} got {count} images, but the vLLM-Omni server uses only the first image of a request "
+            "(reference images and several images in one question are not supported remotely). Disconnect the "
+            "extra images (or ask about each image on its own), or use the local BAGEL-MoT Model Loader.")
+    return items
+
+
+def image_and_prompt(items, what: str) -> tuple[list[Image.Image], str]:
+    """An image request is (optionally) one image, then one prompt: the server has no other layout."""
+    images = [item for item in items if isinstance(item, Image.Image)]
+    texts = [item for item in items if isinstance(item, str)]
+    if len(texts) != 1 or not isinstance(items[-1], str):
+        raise BagelInputError(f"{what} on the vLLM-Omni server takes at most one image followed by one prompt; "
+                              "interleaved text blocks are not supported remotely.")
+    return images, texts[0]

@@ -86,10 +86,10 @@ def parse_messages(messages, modality):
         if not (text.startswith(head) and text.endswith(tail)):
             raise RequestError("text prompts are framed as a user turn + assistant start in the BAGEL examples")
         prompt = text[len(head):-len(tail)]
-        pads = prompt.count("<|image_pad|>\n")
+        pads = prompt.count("<|image_pad|>")
         if pads != len(images):
             raise RequestError(f"{pads} <|image_pad|> placeholders for {len(images)} images")
-        prompt = prompt.replace("<|image_pad|>\n", "")
+        prompt = prompt.replace("<|image_pad|>", "").strip()
     if not prompt.strip():
         raise RequestError("No text prompt found in messages")
     return prompt, images

@@ -152,3 +152,20 @@ def test_num_images_fans_out_with_seed_plus_k(fake_server):
     assert len(result.images) == 3
     assert sorted(request["fields"]["seed"] for request in fake_server.requests) == [0, 1, 2 ** 63 - 1]
     assert any("seed mod 2^63" in warning for warning in result.warnings)
+
+
+def test_interleaved_inputs_keep_the_image_where_it_stands(fake_server):
+    client = client_for(fake_server)
+    picture = Image.new("RGB", (16, 16), "red")
+    client.understand(None, "ignored when inputs are given", inputs=["Image 1:", picture, "What colour?"])
+    text = fake_server.requests[0]["fields"]["messages"][0]["content"][0]["text"]
+    assert text == "<|im_start|>user\nImage 1:\n<|image_pad|>\nWhat colour?<|im_end|>\n<|im_start|>assistant\n"
+    client.understand(None, "", inputs=["Just text?"])  # text-only question: no image part
+    assert fake_server.requests[1]["images"] == [] and fake_server.requests[1]["prompt"] == "Just text?"
+    client.think("x", inputs=[picture, "plan the edit"])
+    assert len(fake_server.requests[2]["images"]) == 1 and fake_server.requests[2]["fields"]["think"] is True
+    with pytest.raises(BagelInputError, match="2 images"):
+        client.understand(None, "", inputs=["Image 1:", picture, "Image 2:", picture, "Compare"])
+    with pytest.raises(BagelInputError, match="one image followed by one prompt"):
+        client.edit_image(None, "", inputs=[picture, "first", "second"])
+    assert len(fake_server.requests) == 3
