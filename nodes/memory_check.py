@@ -14,10 +14,10 @@ GIB = 1024 ** 3
 
 
 def _estimate(folder_path: str, precision: str, device, side: int):
-    from bagel_model.config import BagelConfig
+    from bagel_model.checkpoint.folder import read_config
     from bagel_model.checkpoint.memory import estimate_memory
 
-    return estimate_memory(BagelConfig.from_folder(folder_path), precision, width=side, height=side,
+    return estimate_memory(read_config(folder_path), precision, width=side, height=side,
                            device=str(device))
 
 

@@ -23,6 +23,9 @@ from safetensors import safe_open
 from torch import nn
 
 from ..errors import BagelCheckpointError, BagelInputError
+from ..model.ops import Linear
+from .folder import FORMAT_NAME, FORMAT_VERSION, MARKER_FILE, weights_file_name
+from .loading import set_submodule
 from .quantization import (INT8_OUTLIER_THRESHOLD, QUANTIZED_PRECISIONS, _linear_classes, import_bitsandbytes,
                            is_quantized_linear, storage_dtype)
 from .safetensors_header import read_header
@@ -30,44 +33,9 @@ from .safetensors_writer import write_safetensors
 
 log = logging.getLogger(__name__)
 
-MARKER_FILE = "quantization_config.json"
-FORMAT_NAME = "bagel_model.prequantized"
-FORMAT_VERSION = 1
 _NF4_STATE_KEY = "weight.quant_state.bitsandbytes__nf4"
 _COPIED_FILES = ("llm_config.json", "vit_config.json", "ae_config.json", "ae.safetensors", "vocab.json",
                  "merges.txt", "tokenizer.json", "tokenizer_config.json", "generation_config.json")
-
-
-def weights_file_name(precision: str) -> str:
-    return f"ema.{precision}.safetensors"
-
-
-def read_marker(folder: str | Path) -> dict | None:
-    """The parsed marker of a pre-quantized folder, None for an ordinary folder; raises if it is unusable."""
-    path = Path(folder) / MARKER_FILE
-    if not path.is_file():
-        return None
-    try:
-        marker = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BagelCheckpointError(f"{path} is not valid JSON ({exc}); quantize the model again.") from exc
-    if marker.get("format") != FORMAT_NAME or marker.get("version") != FORMAT_VERSION:
-        raise BagelCheckpointError(
-            f"{path} describes format {marker.get('format')!r} v{marker.get('version')}, but this version of "
-            f"bagel_model reads {FORMAT_NAME} v{FORMAT_VERSION}; quantize the original folder again.")
-    if marker.get("precision") not in QUANTIZED_PRECISIONS:
-        raise BagelCheckpointError(f"{path} names precision {marker.get('precision')!r}; expected nf4 or int8.")
-    weights = Path(folder) / marker["weights_file"]
-    if not weights.is_file():
-        raise BagelCheckpointError(
-            f"{weights} is missing although {path} announces it; copy the whole pre-quantized folder or "
-            f"quantize again with `python -m bagel_model quantize`.")
-    return marker
-
-
-def prequantized_weights_path(folder: str | Path) -> Path | None:
-    marker = read_marker(folder)
-    return None if marker is None else Path(folder) / marker["weights_file"]
 
 
 def quantized_linear_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -189,9 +157,6 @@ _QUANTIZED_SUFFIXES = ("weight", "bias", "SCB", "weight.absmax", "weight.quant_m
 def load_prequantized_weights(module: nn.Module, path: Path, device: torch.device, precision: str,
                               compute_dtype: torch.dtype) -> nn.Module:
     """Fills a meta-device ``Bagel`` from a pre-quantized weights file (strict: every key used, none missing)."""
-    from .loading import _set_submodule
-    from ..model.ops import Linear
-
     header = read_header(path)
     consumed: set[str] = set()
     try:
@@ -201,7 +166,7 @@ def load_prequantized_weights(module: nn.Module, path: Path, device: torch.devic
                 if isinstance(leaf, Linear) and (prefix + "SCB" in header or prefix + _NF4_STATE_KEY in header):
                     keys = [prefix + s for s in _QUANTIZED_SUFFIXES if prefix + s in header]
                     tensors = {k[len(prefix):]: reader.get_tensor(k) for k in keys}
-                    _set_submodule(module, name, quantized_linear_from_tensors(name, tensors, device,
+                    set_submodule(module, name, quantized_linear_from_tensors(name, tensors, device,
                                                                                compute_dtype))
                     consumed.update(keys)
                     continue
@@ -241,18 +206,3 @@ def _assign_plain_tensors(leaf: nn.Module, prefix: str, header: dict, reader, de
             tensor = tensor.to(dtype)
         tensor = tensor.to(device)
         setattr(leaf, attr, nn.Parameter(tensor, requires_grad=False) if attr in params else tensor)
-
-
-def quantize_folder(model_dir: str | Path, out_dir: str | Path, precision: str, device: str = "auto",
-                    policy: str = "default") -> Path:
-    """Streams ``model_dir`` into ``precision`` on ``device`` and writes the pre-quantized folder ``out_dir``."""
-    from ..devices import resolve_device
-    from .precision_loading import load_with_precision
-
-    if precision not in QUANTIZED_PRECISIONS:
-        raise BagelInputError(f"quantize needs --precision nf4 or int8, not {precision!r}.")
-    if read_marker(model_dir) is not None:
-        raise BagelInputError(f"{model_dir} is already pre-quantized; quantize the original BAGEL folder.")
-    target = resolve_device(device)
-    _, model, _ = load_with_precision(model_dir, precision, target, torch.float32, policy=policy)
-    return save_quantized(model, model_dir, out_dir, precision, policy=policy)

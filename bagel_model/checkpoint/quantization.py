@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import BagelInputError
+from ..model.ops import Linear
 
 log = logging.getLogger(__name__)
 
@@ -254,8 +255,6 @@ def make_quantized_linear(name: str, weight: torch.Tensor, bias: torch.Tensor | 
 
 def linear_factory(precision: str, compute_dtype: torch.dtype, policy: str = "default"):
     """Adapter for ``loading.load_module_weights``: (name, module, tensors on device) -> replacement or None."""
-    from ..model.ops import Linear
-
     def factory(name: str, module: nn.Module, tensors: dict) -> nn.Module | None:
         if not isinstance(module, Linear) or not should_quantize(name, precision, policy):
             return None

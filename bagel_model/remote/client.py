@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..errors import BagelInputError
+from ..generation.sampler import EDIT_DEFAULTS as _EDIT
+from ..generation.sampler import GENERATE_DEFAULTS as _T2I
 from ..generation.sampler import SamplerSettings
 from ..pipeline import BagelResult, split_thinking
 from . import schema, unsupported
@@ -146,9 +148,11 @@ class RemoteBagelClient:
 
         return _Job(payload, finish, warnings)
 
-    def _prepare_generate_image(self, prompt, width=1024, height=1024, steps=50, cfg_text_scale=4.0,
-                                cfg_img_scale=1.0, cfg_interval=(0.4, 1.0), timestep_shift=3.0,
-                                cfg_renorm_min=0.0, cfg_renorm_type="global", think=False, max_think_tokens=1000,
+    def _prepare_generate_image(self, prompt, width=1024, height=1024, steps=_T2I.steps,
+                                cfg_text_scale=_T2I.cfg_text_scale, cfg_img_scale=_T2I.cfg_img_scale,
+                                cfg_interval=_T2I.cfg_interval, timestep_shift=_T2I.timestep_shift,
+                                cfg_renorm_min=_T2I.cfg_renorm_min, cfg_renorm_type=_T2I.cfg_renorm_type,
+                                think=False, max_think_tokens=1000,
                                 thinking=None, seed=0, do_sample=False, temperature=0.3, inputs=None,
                                 step_cache=None, batch_cfg=None, batch_images=None, preview=None) -> _Job:
         # batch_cfg / batch_images only change how the local backend schedules its work (same result), and the
@@ -161,9 +165,10 @@ class RemoteBagelClient:
         return self._image_job(items, (int(width), int(height)), settings, seed, think, max_think_tokens,
                                thinking, do_sample, temperature, step_cache)
 
-    def _prepare_edit_image(self, images, prompt, steps=50, cfg_text_scale=4.0, cfg_img_scale=2.0,
-                            cfg_interval=(0.0, 1.0), timestep_shift=3.0, cfg_renorm_min=0.0,
-                            cfg_renorm_type="text_channel", think=False, max_think_tokens=1000, thinking=None,
+    def _prepare_edit_image(self, images, prompt, steps=_EDIT.steps, cfg_text_scale=_EDIT.cfg_text_scale,
+                            cfg_img_scale=_EDIT.cfg_img_scale, cfg_interval=_EDIT.cfg_interval,
+                            timestep_shift=_EDIT.timestep_shift, cfg_renorm_min=_EDIT.cfg_renorm_min,
+                            cfg_renorm_type=_EDIT.cfg_renorm_type, think=False, max_think_tokens=1000, thinking=None,
                             output_size=None, seed=0, do_sample=False, temperature=0.3, inputs=None,
                             step_cache=None, batch_cfg=None, preview=None) -> _Job:
         items = unsupported.request_items(images, prompt, inputs, "edit_image")
