@@ -17,8 +17,9 @@ logger = logging.getLogger(__name__)
 WARNINGS_KEY = "bagel_mot_warnings"
 
 
-def run_jobs(pipeline, method: str, jobs: list[dict]) -> list:
-    """``getattr(pipeline, method)(**job)`` for each job; results in job order."""
+def run_jobs(pipeline, method: str, jobs: list[dict], previews: bool = False) -> list:
+    """``getattr(pipeline, method)(**job)`` for each job; results in job order. ``previews``: locally, each
+    call also gets the node's live-preview function (a server sends no intermediate latents)."""
     if hasattr(pipeline, "run_concurrently"):
         bar = comfy.utils.ProgressBar(len(jobs))
 
@@ -27,9 +28,10 @@ def run_jobs(pipeline, method: str, jobs: list[dict]) -> list:
             bar.update_absolute(done, total)
 
         return pipeline.run_concurrently(method, jobs, finished_requests)
-    progress = NodeProgress(len(jobs))
+    progress = NodeProgress(len(jobs), previews=previews)
     call = getattr(pipeline, method)
-    return [call(**job, callback=progress.callback(index)) for index, job in enumerate(jobs)]
+    preview = {"preview": progress.preview()} if previews else {}
+    return [call(**job, callback=progress.callback(index), **preview) for index, job in enumerate(jobs)]
 
 
 def with_warnings(output, results):

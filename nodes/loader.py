@@ -8,6 +8,7 @@ from . import model_folders
 from .download import download_checkpoint
 from .memory_check import check_fits
 from .model_handle import MODEL_TYPE, BagelMoTModel
+from .vae_bridge import checkpoint_vae
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +43,11 @@ class BagelMoTModelLoader:
         "when a BAGEL node runs and offloads it when other models need the memory."
     )
     CATEGORY = "BAGEL-MoT"
-    RETURN_TYPES = (MODEL_TYPE,)
-    RETURN_NAMES = ("bagel_model",)
+    RETURN_TYPES = (MODEL_TYPE, "VAE")
+    RETURN_NAMES = ("bagel_model", "vae")
+    OUTPUT_TOOLTIPS = ("The loaded BAGEL model.",
+                       "The checkpoint's own FLUX autoencoder as a core VAE, for VAE Decode/Encode of the "
+                       "LATENT outputs (the same as loading its ae.safetensors with Load VAE).")
     FUNCTION = "load"
 
     @classmethod
@@ -90,7 +94,8 @@ class BagelMoTModelLoader:
         mm.free_memory(weight_bytes + working_bytes, device)
         pipeline = BagelPipeline.from_pretrained(path, precision=precision, device=str(device),
                                                  check_memory=False)
-        return (BagelMoTModel(pipeline, model_folder, precision, working_bytes, weight_bytes),)
+        vae = checkpoint_vae(path, pipeline.config.ae)
+        return (BagelMoTModel(pipeline, model_folder, precision, working_bytes, weight_bytes), vae)
 
 
 NODE_CLASS_MAPPINGS = {"BagelMoTModelLoader": BagelMoTModelLoader}

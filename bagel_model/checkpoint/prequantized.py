@@ -167,7 +167,7 @@ def load_prequantized_weights(module: nn.Module, path: Path, device: torch.devic
                     keys = [prefix + s for s in _QUANTIZED_SUFFIXES if prefix + s in header]
                     tensors = {k[len(prefix):]: reader.get_tensor(k) for k in keys}
                     set_submodule(module, name, quantized_linear_from_tensors(name, tensors, device,
-                                                                               compute_dtype))
+                                                                              compute_dtype))
                     consumed.update(keys)
                     continue
                 _assign_plain_tensors(leaf, prefix, header, reader, device, storage_dtype(precision), path)

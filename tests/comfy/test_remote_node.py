@@ -41,7 +41,8 @@ def test_node_contract(comfy_nodes, ours):
     spec = node.INPUT_TYPES()
     assert list(spec["required"]) == ["server_url"]
     assert list(spec["optional"]) == ["api_key", "timeout", "max_concurrent_requests"]
-    assert node.RETURN_TYPES == ours["BagelMoTModelLoader"].RETURN_TYPES == ("BAGEL_MOT_MODEL",)
+    # Same model type as the loader's first output; no VAE (the server's autoencoder stays on the server).
+    assert node.RETURN_TYPES == ours["BagelMoTModelLoader"].RETURN_TYPES[:1] == ("BAGEL_MOT_MODEL",)
     assert comfy_nodes.NODE_DISPLAY_NAME_MAPPINGS["BagelMoTRemoteModel"].startswith("BAGEL-MoT Remote Model")
     assert node.VALIDATE_INPUTS(server_url="http://gpu-box:8091") is True
     assert "not an http(s) URL" in node.VALIDATE_INPUTS(server_url="gpu-box:8091")
@@ -53,6 +54,10 @@ def test_text_to_image_batch_maps_every_widget(ours, fake):
                    cfg_renorm_type="channel")
     out = ours["BagelMoTTextToImage"]().generate(model, "a fox", 64, 48, seed=7, batch_size=3, **widgets)
     assert isinstance(out, tuple) and out[0].shape == (3, 48, 64, 3)
+    from comfy_execution.graph_utils import ExecutionBlocker
+
+    # No latents from a server: a node using the LATENT output stops with this message; unused, nothing happens.
+    assert isinstance(out[1], ExecutionBlocker) and "returns images only" in out[1].message
     sent = sorted((request["fields"] for request in fake.requests), key=lambda fields: fields["seed"])
     assert [fields["seed"] for fields in sent] == [7, 8, 9]  # image k uses seed + k, as locally
     assert {(f["num_inference_steps"], f["cfg_text_scale"], tuple(f["cfg_interval"]), f["cfg_renorm_min"],

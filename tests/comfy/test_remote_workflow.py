@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from comfy_http import history_messages
+from ws_events import WsEvents
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "remote"))
 from fake_vllm_omni import FakeVllmOmni  # noqa: E402
@@ -86,3 +87,16 @@ def test_failures_are_clear_and_comfyui_keeps_serving(server, fake):
     fake.fail_with = None
     recovered = finished(server, remote_prompt(fake.url, seed=33))
     assert recovered["status"]["status_str"] == "success"
+
+
+def test_using_the_latent_of_a_remote_result_says_why_it_is_empty(server, fake):
+    prompt = remote_prompt(fake.url, batch_size=1, seed=41)
+    prompt["5"] = {"class_type": "SaveLatent", "inputs": {"samples": ["2", 1], "filename_prefix": "remote"}}
+    events = WsEvents(server.url, server.client.client_id)
+    try:
+        entry = finished(server, prompt)
+        error = events.wait_for(lambda m: m["type"] == "execution_error" and m["data"]["node_id"] == "5")
+    finally:
+        events.close()
+    assert "server returns images only" in error["data"]["exception_message"]
+    assert len(entry["outputs"]["3"]["images"]) == 1  # the images still ran and were saved
