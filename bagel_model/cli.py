@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -17,18 +18,26 @@ from .errors import BagelError, BagelInputError
 from .generation.sampler import EDIT_DEFAULTS, GENERATE_DEFAULTS, RENORM_TYPES
 from .generation.step_cache import StepCacheSettings
 from .pipeline import BagelPipeline, BagelResult
+from .remote import RemoteBagelClient
 from .testing import make_test_checkpoint
 
 log = logging.getLogger("bagel_model")
 
 
 BATCH_CFG_CHOICES = {"auto": None, "on": True, "off": False}  # None: the pipeline decides per device
+REMOTE_KEY_ENV = "BAGEL_MOT_API_KEY"  # never a command-line argument: those show up in process lists
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="BAGEL checkpoint folder")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="BAGEL checkpoint folder")
+    source.add_argument("--remote", metavar="URL",
+                        help="run on a vLLM-Omni BAGEL server instead (e.g. http://gpu-box:8091); its API key, if "
+                             "any, is read from the BAGEL_MOT_API_KEY environment variable")
+    parser.add_argument("--remote-timeout", type=float, default=600.0,
+                        help="seconds to wait for the server's answer (with --remote)")
     parser.add_argument("--precision", default="bf16", help="weight precision: bf16, fp16, fp32, nf4, int8")
     parser.add_argument("--compute-dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda[:N], xpu[:N] or mps")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="write a JSON summary here")
 
@@ -91,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     quant.add_argument("--model", required=True, help="original BAGEL checkpoint folder")
     quant.add_argument("--precision", required=True, choices=["nf4", "int8"])
     quant.add_argument("--out", required=True, help="new folder for the pre-quantized checkpoint")
-    quant.add_argument("--device", default="auto", help="where to quantize: auto, cpu or cuda[:N]")
+    quant.add_argument("--device", default="auto", help="where to quantize: auto, cpu, cuda[:N], xpu[:N] or mps")
     make = sub.add_parser("make-test-checkpoint", help="write a random checkpoint in the real layout")
     make.add_argument("out_dir")
     make.add_argument("--preset", default="tiny", choices=["tiny", "small"])
@@ -127,9 +136,18 @@ def _step_cache(args) -> StepCacheSettings | None:
                              args.step_cache_order)
 
 
-def _run(args) -> BagelResult:
-    pipe = BagelPipeline.from_pretrained(args.model, precision=args.precision, device=args.device,
+def _backend(args):
+    if args.remote:
+        if getattr(args, "save_latent", None):
+            raise BagelInputError("--save-latent needs a local --model: the server returns pixels only.")
+        return RemoteBagelClient(args.remote, api_key=os.environ.get(REMOTE_KEY_ENV) or None,
+                                 timeout=args.remote_timeout, max_concurrent_requests=1)
+    return BagelPipeline.from_pretrained(args.model, precision=args.precision, device=args.device,
                                          compute_dtype=args.compute_dtype)
+
+
+def _run(args) -> BagelResult:
+    pipe = _backend(args)
     if args.command == "understand":
         return pipe.understand(_open_images(args.image), args.prompt, think=args.think,
                                max_new_tokens=args.max_new_tokens, do_sample=args.do_sample,

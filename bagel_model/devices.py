@@ -13,18 +13,38 @@ log = logging.getLogger(__name__)
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
+ACCELERATORS = ("cuda", "xpu", "mps")  # tried in this order by device="auto"
+_NAMES = {"cuda": "CUDA (or ROCm) GPU", "xpu": "Intel XPU", "mps": "Apple MPS device"}
+
+
+def accelerator_available(kind: str) -> bool:
+    if kind == "cuda":
+        return torch.cuda.is_available()
+    if kind == "xpu":
+        return hasattr(torch, "xpu") and torch.xpu.is_available()
+    if kind == "mps":
+        return torch.backends.mps.is_available()
+    return kind == "cpu"
+
+
 def resolve_device(device: str | torch.device) -> torch.device:
+    """``auto``: the first available of CUDA, XPU, MPS, else the CPU; or an explicit ``cpu``/``cuda[:N]``/
+    ``xpu[:N]``/``mps``, refused with the reason when this PyTorch build cannot use it."""
     if isinstance(device, torch.device):
         return device
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
+        return torch.device(next((kind for kind in ACCELERATORS if accelerator_available(kind)), "cpu"))
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        parsed = None
+    if parsed is None or parsed.type not in ("cpu", *ACCELERATORS):
+        raise BagelInputError(f"Unknown device {device!r}; use 'auto', 'cpu', 'cuda[:N]', 'xpu[:N]' or 'mps'.")
+    if not accelerator_available(parsed.type):
         raise BagelInputError(
-            f"device={device!r} was requested but this PyTorch build sees no CUDA GPU "
-            f"(torch {torch.__version__}); use device='cpu' or install a CUDA build of PyTorch.")
-    if not (device == "cpu" or device.startswith("cuda")):
-        raise BagelInputError(f"Unknown device {device!r}; use 'auto', 'cpu' or 'cuda[:N]'.")
-    return torch.device(device)
+            f"device={device!r} was requested but this PyTorch build sees no {_NAMES[parsed.type]} "
+            f"(torch {torch.__version__}); use device='cpu' or install a PyTorch build for that device.")
+    return parsed
 
 
 @lru_cache(maxsize=1)
@@ -49,13 +69,20 @@ def cpu_has_native_bf16() -> bool:
 
 
 def resolve_compute_dtype(name: str, device: torch.device) -> torch.dtype:
-    """``auto``: bf16 on CUDA (fp16 on GPUs without bf16); on a CPU bf16 only with native bf16 matmuls."""
+    """``auto``: bf16 where the device computes it natively (CUDA compute capability 8.0+ i.e. Ampere and newer,
+    XPUs that report bf16, a CPU with AVX512-BF16/AMX), else fp16 on accelerators and fp32 on CPUs. Pre-Ampere
+    GPUs only emulate bf16 (slowly), so they get fp16. (ComfyUI nodes pass ComfyUI's own choice instead.)"""
     if name != "auto":
         if name not in DTYPES:
             raise BagelInputError(f"compute_dtype {name!r} is not one of auto, bf16, fp16, fp32.")
         return DTYPES[name]
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        major, _ = torch.cuda.get_device_capability(device)
+        return torch.bfloat16 if major >= 8 else torch.float16
+    if device.type == "xpu":
+        return torch.bfloat16 if torch.xpu.is_bf16_supported() else torch.float16
+    if device.type == "mps":
+        return torch.float16  # bf16 on MPS needs macOS 14+ and is not faster there
     native = cpu_has_native_bf16()
     log.info("CPU native bf16: %s -> compute dtype %s", native, "bf16" if native else "fp32")
     return torch.bfloat16 if native else torch.float32

@@ -18,6 +18,7 @@ from .text.framing import GEN_THINK_SYSTEM_PROMPT, VLM_THINK_SYSTEM_PROMPT, Spec
 from .generation.image_batch import image_seeds, job_progress, shares_context
 from .generation.images import to_pil, to_unit_pixels, unpatchify_latent
 from .checkpoint.memory import batch_cfg_fits
+from .oom import release_on_oom
 from .checkpoint.precision_loading import load_with_precision
 from .checkpoint.quantization import check_precision
 from .checkpoint.prequantized import save_quantized
@@ -81,6 +82,7 @@ class BagelPipeline:
         self.phase_hook: Callable[[str], None] | None = None
 
     @classmethod
+    @release_on_oom
     def from_pretrained(cls, path: str | Path, precision: str = "bf16", device: str = "auto",
                         compute_dtype: str = "auto", *, available_memory: int | None = None,
                         check_memory: bool = True, operations=TorchOps,
@@ -127,6 +129,7 @@ class BagelPipeline:
 
     # ---- public flows -------------------------------------------------------------------------------
 
+    @release_on_oom
     def understand(self, images, prompt: str, think: bool = False, max_new_tokens: int = 512,
                    do_sample: bool = False, temperature: float = 0.3, seed: int = 0,
                    callback: ProgressFn | None = None, inputs: list | None = None) -> BagelResult:
@@ -142,6 +145,7 @@ class BagelPipeline:
         return BagelResult(text=text, thinking=thinking, answer=answer, token_ids=ids[1:],
                            seconds=time.perf_counter() - start)
 
+    @release_on_oom
     def think(self, prompt: str, images=None, max_think_tokens: int = 1000, do_sample: bool = False,
               temperature: float = 0.3, seed: int = 0, callback: ProgressFn | None = None,
               inputs: list | None = None) -> BagelResult:
@@ -156,6 +160,7 @@ class BagelPipeline:
         plan = extract_generated_text(self.tokenizer, ids)
         return BagelResult(text=plan, thinking=plan, token_ids=ids[1:], seconds=time.perf_counter() - start)
 
+    @release_on_oom
     def generate_image(self, prompt: str, width: int = 1024, height: int = 1024, steps: int = _T2I.steps,
                        cfg_text_scale: float = _T2I.cfg_text_scale, cfg_img_scale: float = _T2I.cfg_img_scale,
                        cfg_interval=_T2I.cfg_interval, timestep_shift: float = _T2I.timestep_shift,
@@ -183,10 +188,11 @@ class BagelPipeline:
                      preview=preview)
         flow = (items, settings, (width, height), think, max_think_tokens, thinking)
         sampling = (do_sample, temperature, speed)
-        if num_images > 1 and not shares_context(items, think and not (thinking or "").strip() and do_sample):
+        if num_images > 1 and not shares_context(items, think and thinking is None and do_sample):
             return self._each_image(flow, sampling, image_seeds(seed, num_images), callback)
         return self._image_flow(*flow, image_seeds(seed, num_images), callback, *sampling)
 
+    @release_on_oom
     def edit_image(self, images, prompt: str, steps: int = _EDIT.steps, cfg_text_scale: float = _EDIT.cfg_text_scale,
                    cfg_img_scale: float = _EDIT.cfg_img_scale, cfg_interval=_EDIT.cfg_interval,
                    timestep_shift: float = _EDIT.timestep_shift, cfg_renorm_min: float = _EDIT.cfg_renorm_min,
@@ -264,8 +270,8 @@ class BagelPipeline:
         settings.validate()
         if size is not None:
             self._check_size(*size)
-        if thinking is not None and not thinking.strip():
-            thinking = None
+        # A given plan is used as it is, even blank: the integrated think route uses whatever the model wrote, and
+        # plugging that same text in must give the same image. Only None means "no plan".
         generator = torch.Generator("cpu").manual_seed(seeds[0])
         system = GEN_THINK_SYSTEM_PROMPT if (think or thinking is not None) else None
         self._enter_prefill(items)
@@ -324,6 +330,7 @@ class BagelPipeline:
             return False
         return batch
 
+    @release_on_oom
     def decode_latent(self, latent: torch.Tensor, banded: bool | None = None) -> Image.Image:
         """Autoencoder decode of a (1, 16, H/8, W/8) latent. ``banded`` (None: on CUDA, where memory is
         scarce) runs the full-resolution stages in bands of rows: same image up to float rounding, ~60 % less

@@ -3,8 +3,10 @@
 Prints seconds, the peak resident-memory increase over the process before the pass (CPU: VmHWM; CUDA:
 torch.cuda.max_memory_allocated) and the max abs difference of the banded output against the plain one.
 
-Usage: python bench/bench_autoencoder.py [--model DIR] [--sizes 512 1024] [--device cpu]
-(without --model a small test checkpoint with the full-size FLUX autoencoder is written to a temp folder)
+Usage: python bench/bench_autoencoder.py [--model DIR] [--sizes 512 1024] [--device cpu] [--out-dir DIR]
+(without --model a small test checkpoint with the full-size FLUX autoencoder is written to a temp folder).
+The decoded outputs the workers hand back are safetensors files in --out-dir (default: a new temp folder),
+never anything inside the model folder or next to it.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -33,7 +36,11 @@ def peak_bytes(device: torch.device) -> int:
     return process_peak_rss_bytes()
 
 
-def worker(folder: str, size: int, device_name: str, banded: bool) -> dict:
+def output_path(out_dir: str | Path, size: int, banded: bool) -> Path:
+    return Path(out_dir) / f"ae_decode_{size}_{'banded' if banded else 'plain'}.safetensors"
+
+
+def worker(folder: str, size: int, device_name: str, banded: bool, out_dir: str) -> dict:
     device = torch.device(device_name)
     config = read_config(folder)
     _, vae = build_skeleton(config)
@@ -52,7 +59,7 @@ def worker(folder: str, size: int, device_name: str, banded: bool) -> dict:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
-    torch.save(out.cpu(), Path(folder).parent / f"ae_decode_{size}_{int(banded)}.pt")
+    save_file({"decoded": out.cpu().contiguous()}, str(output_path(out_dir, size, banded)))
     return {"seconds": seconds, "peak_increase": peak_bytes(device) - before}
 
 
@@ -61,12 +68,15 @@ def main() -> None:
     parser.add_argument("--model")
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024])
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out-dir", help="where the decoded outputs go (default: a new temp folder)")
     parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         size, banded = int(args.worker[1]), args.worker[2] == "1"
-        print(json.dumps(worker(args.worker[0], size, args.device, banded)))
+        print(json.dumps(worker(args.worker[0], size, args.device, banded, args.out_dir)))
         return
+    out_dir = Path(args.out_dir or tempfile.mkdtemp(prefix="bagel_bench_ae_"))
+    out_dir.mkdir(parents=True, exist_ok=True)
     folder = Path(args.model) if args.model else make_test_checkpoint(
         Path(tempfile.mkdtemp()) / "BAGEL-small", "small", seed=0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, fp32 autoencoder")
@@ -74,13 +84,15 @@ def main() -> None:
     for size in args.sizes:
         outputs = {}
         for banded in (False, True):
-            cmd = [sys.executable, __file__, "--device", args.device, "--worker", str(folder), str(size),
-                   str(int(banded))]
+            cmd = [sys.executable, __file__, "--device", args.device, "--out-dir", str(out_dir),
+                   "--worker", str(folder), str(size), str(int(banded))]
             result = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
-            outputs[banded] = torch.load(folder.parent / f"ae_decode_{size}_{int(banded)}.pt")
+            outputs[banded] = load_file(str(output_path(out_dir, size, banded)))["decoded"]
             diff = (outputs[banded] - outputs[False]).abs().max().item()
             print(f"{size:5d} {'banded' if banded else 'plain':7s} {result['seconds']:8.2f} "
                   f"{result['peak_increase'] / 2 ** 20:10.0f} {diff:10.2e}", flush=True)
+    print(f"decoded outputs: {out_dir}")
+
 
 if __name__ == "__main__":
     main()

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -83,7 +84,7 @@ def worker(args) -> None:
         und = pipe.understand([image], "Describe the image.", max_new_tokens=args.tokens, callback=timer)
         result["ms_per_token"] = 1000 * timer.per_step("text")
     result["tokens"] = und.token_ids
-    torch.save({"t2i": t2i.latents[0], "edit": edit.latents[0]}, args.latents)
+    save_file({"t2i": t2i.latents[0].contiguous(), "edit": edit.latents[0].contiguous()}, args.latents)
     print(json.dumps(result))
 
 
@@ -159,9 +160,9 @@ def main() -> None:
         runs += [("nf4", "all-linear"), ("int8", "all-linear")]
     rows = []
     for precision, policy in runs:
-        latents = scratch / f"{precision}-{policy}.pt"
+        latents = scratch / f"{precision}-{policy}.safetensors"
         row = run_worker(folder, precision, policy, args, latents)
-        row["latents"] = torch.load(latents)
+        row["latents"] = load_file(str(latents))
         rows.append(row)
     print_measured(rows, rows[0], rows[0]["latents"], folder, args)
     print_real_dims_table()

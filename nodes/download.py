@@ -1,10 +1,17 @@
-"""Optional download of the official weights, only when the user switched it on in the loader."""
+"""Optional download of the official weights, only when the user switched it on in the loader.
+
+An interrupted download is resumed: huggingface_hub continues its unfinished files and fetches the missing ones;
+files it had finished but that are short or unreadable now (a copy cut off, a full disk) are deleted first so
+that it fetches them again.
+"""
 import logging
 import os
+from pathlib import Path
 
 import comfy.utils
+from bagel_model.checkpoint.folder_check import describe_problems, incomplete_files
 
-from .model_folders import HF_REPO_ID, MARKER_FILE
+from .model_folders import HF_REPO_ID
 
 logger = logging.getLogger(__name__)
 
@@ -26,8 +33,16 @@ def _progress_tqdm_class(base):
     return ComfyProgressTqdm
 
 
+def _drop_damaged_files(target_dir: str) -> None:
+    for name, problem in incomplete_files(target_dir).items():
+        path = Path(target_dir) / name
+        if problem != "missing" and path.is_file() and not name.endswith(".incomplete"):
+            logger.warning("%s is %s; downloading it again.", path, problem)
+            path.unlink()
+
+
 def download_checkpoint(target_dir: str) -> str:
-    """Downloads HF_REPO_ID into target_dir and returns it; raises with a fix when impossible."""
+    """Downloads (or completes) HF_REPO_ID in target_dir and returns it; raises with a fix when impossible."""
     try:
         from huggingface_hub import snapshot_download
         from tqdm.auto import tqdm
@@ -37,12 +52,18 @@ def download_checkpoint(target_dir: str) -> str:
             f"'python -m pip install huggingface_hub' in ComfyUI's Python, or download {HF_REPO_ID} "
             f"yourself into {target_dir}."
         ) from error
-    logger.info("Downloading %s into %s (about 29 GB).", HF_REPO_ID, target_dir)
+    if os.path.isdir(target_dir):
+        logger.info("Completing the download of %s in %s (%s).", HF_REPO_ID, target_dir,
+                    describe_problems(incomplete_files(target_dir)) or "checking every file")
+        _drop_damaged_files(target_dir)
+    else:
+        logger.info("Downloading %s into %s (about 29 GB).", HF_REPO_ID, target_dir)
     os.makedirs(target_dir, exist_ok=True)
     snapshot_download(repo_id=HF_REPO_ID, local_dir=target_dir, tqdm_class=_progress_tqdm_class(tqdm))
-    if not os.path.isfile(os.path.join(target_dir, MARKER_FILE)):
+    problems = incomplete_files(target_dir)
+    if problems:
         raise RuntimeError(
-            f"Download of {HF_REPO_ID} finished but {target_dir} has no {MARKER_FILE}; "
-            "delete the folder and try again."
+            f"The download of {HF_REPO_ID} into {target_dir} finished, but the folder is still incomplete: "
+            f"{describe_problems(problems)}. Check the free disk space and run again to resume it."
         )
     return target_dir

@@ -1,6 +1,6 @@
 """Image Edit node: an instruction applied to each image of a batch, one by one."""
+from .batch_runner import run_jobs, with_warnings
 from .image_convert import image_batch_to_pil, pixels_to_image_batch, resize_pixels, result_pixels
-from .progress import NodeProgress
 from .sampler_inputs import (EDIT_DEFAULTS, core_sampler_kwargs, model_input, plan_or_none,
                              prompt_and_interval_problems, sampler_input_types, seed_input, size_input,
                              step_cache_input, text_input, thinking_input)
@@ -72,22 +72,20 @@ class BagelMoTEdit:
         )
         sources = image_batch_to_pil(image, "image")
         references = [] if reference_images is None else image_batch_to_pil(reference_images, "reference_images")
-        progress = NodeProgress(len(sources), previews=True)
         size = (int(width), int(height)) if output_size == "custom" else None
+        largest = max((source.size for source in sources), key=lambda wh: wh[0] * wh[1])
+        pipeline = bagel_model.ready_pipeline("edit", *(size or largest), input_size=largest)
+        jobs = [dict(images=[*references, source], prompt=instruction, thinking=plan_or_none(thinking),
+                     output_size=size, seed=seed, **core_sampler_kwargs(sampler)) for source in sources]
+        results = run_jobs(pipeline, "edit_image", jobs, previews=True)
         edited, latents = [], []
-        for index, source in enumerate(sources):
-            pipeline = bagel_model.ready_pipeline("edit", *(size or source.size), input_size=source.size)
-            result = pipeline.edit_image(
-                [*references, source], instruction, thinking=plan_or_none(thinking), output_size=size,
-                seed=seed, callback=progress.callback(index), preview=progress.preview(),
-                **core_sampler_kwargs(sampler),
-            )
+        for source, result in zip(sources, results):
             pixels = result_pixels(result)[0]
             if output_size == "match_input" and (pixels.shape[1], pixels.shape[0]) != source.size:
                 pixels = resize_pixels(pixels, source.size)
             edited.append(pixels)
             latents.extend(result.latents)
-        return (pixels_to_image_batch(edited), latent_output(pipeline, latents))
+        return with_warnings((pixels_to_image_batch(edited), latent_output(pipeline, latents)), results)
 
 
 NODE_CLASS_MAPPINGS = {"BagelMoTEdit": BagelMoTEdit}

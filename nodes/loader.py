@@ -6,11 +6,13 @@ import torch
 
 import comfy.model_management as mm
 
+from bagel_model.checkpoint.folder_check import describe_problems, incomplete_files
 from bagel_model.checkpoint.quantization import storage_dtype
 from bagel_model.devices import resolve_compute_dtype
 
 from . import model_folders
 from .comfy_ops import bagel_operations
+from .compute_dtype import comfy_compute_dtype
 from .download import download_checkpoint
 from .memory_check import check_fits
 from .model_handle import MODEL_TYPE, BagelMoTModel
@@ -38,11 +40,16 @@ def _precision_problem(precision) -> str | None:
 
 
 def _folder_problem(model_folder, download_if_missing) -> str | None:
-    if model_folder is None or model_folders.find_model_folder(model_folder) is not None:
+    if model_folder is None:
         return None
     if download_if_missing and model_folder == model_folders.DOWNLOAD_FOLDER_NAME:
-        return None
-    return model_folders.missing_folder_message(model_folder)
+        return None  # missing or incomplete: the download creates or completes it
+    path = model_folders.find_model_folder(model_folder) or model_folders.find_partial_folder(model_folder)
+    if path is None:
+        return model_folders.missing_folder_message(model_folder)
+    problems = incomplete_files(path)
+    return model_folders.incomplete_folder_message(model_folder, path, describe_problems(problems)) \
+        if problems else None
 
 
 class BagelMoTModelLoader:
@@ -90,14 +97,14 @@ class BagelMoTModelLoader:
         problem = _folder_problem(model_folder, download_if_missing) or _precision_problem(precision)
         if problem:
             raise ValueError(problem)
-        path = model_folders.find_model_folder(model_folder)
-        if path is None:
-            path = download_checkpoint(model_folders.download_target_dir())
+        path = model_folders.find_model_folder(model_folder) or model_folders.find_partial_folder(model_folder)
+        if path is None or incomplete_files(path):  # _folder_problem let it through: download_if_missing is on
+            path = download_checkpoint(path or model_folders.download_target_dir())
         check_fits(path, model_folder, precision)
         device, offload_device = mm.get_torch_device(), mm.unet_offload_device()
-        compute_dtype = resolve_compute_dtype("auto", device)
-        logger.info("Loading BAGEL checkpoint %s in %s onto %s (computing on %s).", path, precision,
-                    offload_device, device)
+        compute_dtype = resolve_compute_dtype(comfy_compute_dtype(device), device)
+        logger.info("Loading BAGEL checkpoint %s in %s onto %s (computing on %s in %s).", path, precision,
+                    offload_device, device, compute_dtype)
         # ComfyUI owns the memory: the weights are kept on its offload device and its patchers move or stream
         # them to the GPU when a BAGEL node runs (model_handle.py). Only NF4/INT8 quantization touches the
         # GPU during the load, one Linear at a time, after asking ComfyUI for room.

@@ -59,12 +59,28 @@ def find_model_folder(name: str) -> str | None:
     return None
 
 
+def find_partial_folder(name: str) -> str | None:
+    """A folder `name` under a root that lacks even the marker (a download cut off before it), else None."""
+    if not name or os.path.basename(name) != name or name in (".", ".."):
+        return None
+    return next((os.path.join(root, name) for root in search_roots() if os.path.isdir(os.path.join(root, name))),
+                None)
+
+
 def download_target_dir() -> str:
     """Where a download goes: the first (preferred) `bagel` root."""
     roots = search_roots()
     if not roots:
         raise RuntimeError("No 'bagel' model folder is registered with ComfyUI; restart ComfyUI.")
     return os.path.join(roots[0], DOWNLOAD_FOLDER_NAME)
+
+
+def incomplete_folder_message(name: str, path: str, problems: str) -> str:
+    if name == DOWNLOAD_FOLDER_NAME:
+        fix = "switch 'download_if_missing' on to finish the download"
+    else:
+        fix = f"download the missing files again (huggingface-cli download {HF_REPO_ID} --local-dir \"{path}\")"
+    return f"BAGEL model folder '{name}' ({path}) is incomplete: {problems}. To fix it, {fix}."
 
 
 def missing_folder_message(name: str) -> str:

@@ -82,8 +82,9 @@ def core_sampler_kwargs(inputs: dict) -> dict:
 
 
 def plan_or_none(thinking) -> str | None:
-    """An empty plan means 'no plan'."""
-    return thinking if thinking and thinking.strip() else None
+    """Only an empty box means 'no plan'. Any other text, even blank lines, is used as the plan: the Think node
+    passes on whatever the model wrote, and that must give the same image as BAGEL's integrated think."""
+    return thinking if thinking else None
 
 
 def prompt_and_interval_problems(prompt_name: str, prompt, start, end):

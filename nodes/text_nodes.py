@@ -5,6 +5,7 @@ Both return {"ui": {"text": [...]}} so the pack's small frontend extension
 """
 from PIL import Image
 
+from .batch_runner import run_jobs, with_warnings
 from .multi_image import (EACH_IMAGE, SINGLE_IMAGE, optional_pictures, plan_inputs, questions, think_mode_input,
                           understand_mode_input)
 from .progress import NodeProgress
@@ -71,18 +72,16 @@ class BagelMoTUnderstand:
         raise_if_problem(text_problem("question", question))
         calls = questions(image_mode, optional_pictures(image, "image"),
                           optional_pictures(reference_images, "reference_images"), question)
-        progress = NodeProgress(len(calls))
-        answers, thoughts = [], []
-        for index, inputs in enumerate(calls):
-            pipeline = bagel_model.ready_pipeline("understand", input_size=largest_picture(inputs),
-                                                  generated_tokens=max_new_tokens)
-            result = pipeline.understand(
-                None, question, think=think, max_new_tokens=max_new_tokens, do_sample=do_sample,
-                temperature=temperature, seed=seed, callback=progress.callback(index), inputs=inputs,
-            )
-            answers.append(result.answer)
-            thoughts.append(result.thinking or "")
-        return {"ui": {"text": answers}, "result": (answers, thoughts)}
+        every_input = [item for inputs in calls for item in inputs]
+        pipeline = bagel_model.ready_pipeline("understand", input_size=largest_picture(every_input),
+                                              generated_tokens=max_new_tokens)
+        # One core call per question; a remote backend sends them as concurrent requests.
+        jobs = [dict(images=None, prompt=question, think=think, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                     temperature=temperature, seed=seed, inputs=inputs) for inputs in calls]
+        results = run_jobs(pipeline, "understand", jobs)
+        answers = [result.answer for result in results]
+        thoughts = [result.thinking or "" for result in results]
+        return with_warnings({"ui": {"text": answers}, "result": (answers, thoughts)}, results)
 
 
 class BagelMoTThink:
@@ -130,7 +129,7 @@ class BagelMoTThink:
             prompt, max_think_tokens=max_think_tokens, do_sample=do_sample, temperature=temperature,
             seed=seed, callback=NodeProgress(1).callback(0), inputs=inputs,
         )
-        return {"ui": {"text": [result.thinking]}, "result": (result.thinking,)}
+        return with_warnings({"ui": {"text": [result.thinking]}, "result": (result.thinking,)}, [result])
 
 
 NODE_CLASS_MAPPINGS = {"BagelMoTUnderstand": BagelMoTUnderstand, "BagelMoTThink": BagelMoTThink}

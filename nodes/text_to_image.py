@@ -1,4 +1,5 @@
 """Text to Image node."""
+from .batch_runner import with_warnings
 from .image_convert import pixels_to_image_batch, result_pixels
 from .progress import NodeProgress
 from .sampler_inputs import (SEED_MAX, TEXT_TO_IMAGE_DEFAULTS, core_sampler_kwargs, model_input,
@@ -59,7 +60,9 @@ class BagelMoTTextToImage:
             num_images=int(batch_size), callback=progress.callback(0), preview=progress.preview(),
             **core_sampler_kwargs(sampler),
         )
-        return (pixels_to_image_batch(result_pixels(result)), latent_output(pipeline, result.latents))
+        # A remote backend sends the images of the batch as concurrent requests; its warnings show on the node.
+        return with_warnings((pixels_to_image_batch(result_pixels(result)), latent_output(pipeline, result.latents)),
+                             [result])
 
 
 NODE_CLASS_MAPPINGS = {"BagelMoTTextToImage": BagelMoTTextToImage}

@@ -12,6 +12,7 @@ import torch
 
 import comfy.sd
 import comfy.utils
+from comfy_execution.graph_utils import ExecutionBlocker
 
 logger = logging.getLogger(__name__)
 
@@ -21,8 +22,16 @@ FLUX_LAYOUT = {"in_channels": 3, "out_ch": 3, "ch": 128, "ch_mult": (1, 2, 4, 4)
                "z_channels": 16}
 
 
-def latent_output(pipeline, latents: list[torch.Tensor]) -> dict:
-    """A LATENT [B,16,H/8,W/8] float32 on the CPU from the core's (1,16,H/8,W/8) latents."""
+NO_LATENTS = ("The BAGEL-MoT Remote Model's server returns images only, so this 'latent' output is empty. Connect "
+              "'images' to a core VAE Encode for a LATENT, or use the local BAGEL-MoT Model Loader.")
+
+
+def latent_output(pipeline, latents: list[torch.Tensor]):
+    """A LATENT [B,16,H/8,W/8] float32 on the CPU from the core's (1,16,H/8,W/8) latents. A backend without
+    latents (the remote one) blocks the output instead: a node that uses it stops with NO_LATENTS, and a
+    workflow that leaves it unconnected runs as usual."""
+    if not latents:
+        return ExecutionBlocker(NO_LATENTS)
     return {"samples": torch.cat([pipeline.unscale_latent(latent).float().cpu() for latent in latents])}
 
 

@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -21,6 +22,9 @@ PACK_ROOT = Path(__file__).resolve().parents[1]
 DEMO_FOLDER = "BAGEL-demo-random"
 REAL_WEIGHTS_FILE = "ema.safetensors"
 DEMO_SETTINGS = {"width": 256, "height": 256, "steps": 20}  # keeps a CPU demo to about a minute
+LOG_TAIL_LINES = 25
+# Import names whose pip package is called differently.
+PIP_NAMES = {"yaml": "pyyaml", "PIL": "pillow", "cv2": "opencv-python", "google": "protobuf"}
 
 logger = logging.getLogger("run_demo")
 
@@ -57,11 +61,36 @@ def start_comfyui(comfyui: Path, base: Path, log_path: Path):
         command += ["--base-directory", str(base)]
     if not torch.cuda.is_available():
         command.append("--cpu")
-    log = open(log_path, "w")
-    process = subprocess.Popen(command, cwd=comfyui, stdout=log, stderr=subprocess.STDOUT)
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, cwd=comfyui, stdout=log, stderr=subprocess.STDOUT)
     client = ComfyClient(f"http://127.0.0.1:{port}")
-    client.wait_until_ready(process=process)
+    try:
+        client.wait_until_ready(process=process)
+    except (RuntimeError, TimeoutError) as error:
+        process.terminate()
+        process.wait(timeout=30)
+        raise ComfyStartError(startup_failure_report(str(error), log_path)) from None
     return process, client
+
+
+class ComfyStartError(RuntimeError):
+    """ComfyUI did not come up; the message holds its log tail and the fix."""
+
+
+def startup_failure_report(what: str, log_path: Path) -> str:
+    """What happened, the last lines of ComfyUI's log and, when the log shows it, how to fix it."""
+    lines = log_path.read_text(errors="replace").splitlines() if log_path.is_file() else []
+    tail = "\n".join("  | " + line for line in lines[-LOG_TAIL_LINES:]) or "  | (the log is empty)"
+    report = f"{what}. Last lines of ComfyUI's log ({log_path}):\n{tail}\n"
+    missing = re.findall(r"No module named '([A-Za-z0-9_]+)", "\n".join(lines))
+    if missing:
+        package = PIP_NAMES.get(missing[-1], missing[-1])
+        report += (f"Fix: ComfyUI needs the Python package '{package}', which its requirements.txt does not "
+                   f"install; run `{sys.executable} -m pip install {package}` (ComfyUI's Python), then run "
+                   "this command again.")
+    else:
+        report += "Fix: start ComfyUI by hand (python main.py) to see the problem, fix it, then run this again."
+    return report
 
 
 def locate_comfyui(given: Path) -> Path:
@@ -88,7 +117,11 @@ def main() -> int:
     workflow = json.loads((PACK_ROOT / "workflows" / f"{args.workflow}.json").read_text())
     log_path = base / "user" / "bagel_mot_demo.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    process, client = start_comfyui(comfyui, base, log_path)
+    try:
+        process, client = start_comfyui(comfyui, base, log_path)
+    except ComfyStartError as error:
+        logger.error("%s", error)
+        return 1
     try:
         prompt = ui_to_api(workflow, client.object_info())
         for node in prompt.values():

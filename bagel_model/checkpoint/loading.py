@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from ..config import BagelConfig
@@ -84,7 +84,7 @@ def load_module_weights(module: nn.Module, path: Path, device: torch.device, dty
                 requires_grad = False
                 setattr(leaf, attr, nn.Parameter(tensor, requires_grad=requires_grad)
                         if attr in dict(leaf.named_parameters(recurse=False)) else tensor)
-    except (OSError, RuntimeError, ValueError) as exc:
+    except (OSError, SafetensorError) as exc:  # the file itself; anything else (an OOM) propagates unchanged
         if isinstance(exc, BagelCheckpointError):
             raise
         raise BagelCheckpointError(

@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from ..errors import BagelCheckpointError, BagelInputError
@@ -175,7 +175,8 @@ def load_prequantized_weights(module: nn.Module, path: Path, device: torch.devic
                 consumed.update(prefix + k for k, _ in leaf.named_parameters(recurse=False))
                 consumed.update(prefix + k for k, _ in leaf.named_buffers(recurse=False)
                                 if k not in leaf._non_persistent_buffers_set)
-    except (OSError, RuntimeError, ValueError, KeyError) as exc:
+    except (OSError, SafetensorError, KeyError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        # Errors of the file itself (unreadable, missing key, broken NF4 state); an OOM propagates unchanged.
         if isinstance(exc, (BagelCheckpointError, BagelInputError)):
             raise
         raise BagelCheckpointError(

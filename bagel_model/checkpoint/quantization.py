@@ -287,6 +287,8 @@ def make_quantized_linear(name: str, weight: torch.Tensor, bias: torch.Tensor | 
         else:
             raise BagelInputError(f"make_quantized_linear got precision {precision!r}; only nf4/int8 quantize.")
     except RuntimeError as exc:  # includes "not implemented for this device" errors (a subclass)
+        if isinstance(exc, torch.OutOfMemoryError):  # out of memory, not a bitsandbytes problem: keep it
+            raise
         raise BagelInputError(
             f"bitsandbytes could not quantize {name} to {precision} on {device} ({exc}). Install a "
             f"bitsandbytes build for this device (`pip install -U bitsandbytes`) or use precision='bf16'.") \
@@ -322,6 +324,8 @@ def probe_device(precision: str, device: torch.device | str, compute_dtype: torc
         with torch.no_grad():
             out = module(torch.ones(2, 64, device=device, dtype=compute_dtype))
     except RuntimeError as exc:  # includes "not implemented for this device" errors (a subclass)
+        if isinstance(exc, torch.OutOfMemoryError):  # out of memory, not a bitsandbytes problem: keep it
+            raise
         raise BagelInputError(
             f"The installed bitsandbytes cannot run {precision} Linears on {device} with compute dtype "
             f"{compute_dtype} ({exc}). Install a bitsandbytes build for this device (`pip install -U "

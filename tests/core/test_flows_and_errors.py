@@ -37,11 +37,26 @@ def test_think_then_generate_equals_integrated_think(tiny_pipe):
     assert plan.text == plan.thinking and len(plan.token_ids) <= 5
     integrated = tiny_pipe.generate_image("a cat made of cats", width=32, height=32, steps=3, think=True,
                                           max_think_tokens=5, seed=3)
-    assert integrated.token_ids == plan.token_ids
-    if plan.text.strip():
-        plugged = tiny_pipe.generate_image("a cat made of cats", width=32, height=32, steps=3,
-                                           thinking=plan.text, seed=3)
-        assert torch.equal(plugged.latents[0], integrated.latents[0])
+    assert integrated.token_ids == plan.token_ids and plan.text  # a plan was written (tiny: control characters)
+    plugged = tiny_pipe.generate_image("a cat made of cats", width=32, height=32, steps=3, thinking=plan.text, seed=3)
+    assert torch.equal(plugged.latents[0], integrated.latents[0])
+    other = tiny_pipe.generate_image("a cat made of cats", width=32, height=32, steps=3, thinking=plan.text + " cats",
+                                     seed=3)
+    assert not torch.equal(other.latents[0], integrated.latents[0])  # the comparison can fail: the plan matters
+
+
+@pytest.mark.parametrize("blank_plan", [" ", "\n\n", "\x1c\x1c"])
+def test_blank_plan_gives_the_same_image_on_both_routes(tiny_pipe, monkeypatch, blank_plan):
+    import bagel_model.pipeline as pipeline_module
+
+    monkeypatch.setattr(pipeline_module, "extract_generated_text", lambda tokenizer, ids: blank_plan)
+    args = dict(width=32, height=32, steps=3, seed=4)
+    integrated = tiny_pipe.generate_image("a cat", think=True, max_think_tokens=2, **args)
+    assert integrated.thinking == blank_plan
+    plugged = tiny_pipe.generate_image("a cat", thinking=blank_plan, **args)
+    assert torch.equal(plugged.latents[0], integrated.latents[0])
+    no_plan = tiny_pipe.generate_image("a cat", **args)
+    assert not torch.equal(no_plan.latents[0], integrated.latents[0])
 
 
 def test_interleaved_inputs(tiny_pipe):
