@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     think.add_argument("--max-think-tokens", type=int, default=1000)
     quant = sub.add_parser("quantize", help="write a pre-quantized nf4/int8 folder that loads directly")
     quant.add_argument("--model", required=True, help="original BAGEL checkpoint folder")
-    quant.add_argument("--precision", required=True, choices=["nf4", "int8"])
+    quant.add_argument("--precision", required=True, choices=["nf4", "int8", "fp8_e4m3fn"])
     quant.add_argument("--out", required=True, help="new folder for the pre-quantized checkpoint")
     quant.add_argument("--device", default="auto", help="where to quantize: auto, cpu or cuda[:N]")
     make = sub.add_parser("make-test-checkpoint", help="write a random checkpoint in the real layout")

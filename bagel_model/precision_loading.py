@@ -18,8 +18,9 @@ from .config import AE_FILE, WEIGHTS_FILE, BagelConfig
 from .errors import BagelCheckpointError, BagelInputError
 from .loading import build_skeleton, load_bagel, load_module_weights
 from .memory import GiB, MemoryEstimate, available_memory, check_fits, estimate_memory
-from .quantization import (QUANTIZED_PRECISIONS, check_precision, import_bitsandbytes, linear_factory,
-                           probe_device, storage_dtype)
+from .fp8 import Fp8Linear
+from .quantization import (BITSANDBYTES_PRECISIONS, QUANTIZED_PRECISIONS, check_precision, import_bitsandbytes,
+                           linear_factory, probe_device, storage_dtype)
 from .quantized_checkpoint import load_prequantized_weights, read_marker
 
 log = logging.getLogger(__name__)
@@ -28,8 +29,9 @@ log = logging.getLogger(__name__)
 def _log_plan(folder: Path, precision: str, device: torch.device, estimate: MemoryEstimate, source: Path) -> None:
     weights = estimate.details["weights"]
     if precision in QUANTIZED_PRECISIONS:
-        log.info("Loading %s to %s: %.2f GiB of Linears as %s (bitsandbytes), %.2f GiB of other tensors as %s, "
+        log.info("Loading %s to %s: %.2f GiB of Linears as %s (%s), %.2f GiB of other tensors as %s, "
                  "autoencoder %.2f GiB fp32", source, device, weights["quantized"] / GiB, precision,
+                 "bitsandbytes" if precision in BITSANDBYTES_PRECISIONS else "per-tensor scale, cast at use",
                  weights["full_precision"] / GiB, storage_dtype(precision), estimate.autoencoder_bytes / GiB)
     else:
         log.info("Loading %s to %s: %.2f GiB of weights as %s, autoencoder %.2f GiB fp32", source, device,
@@ -69,9 +71,10 @@ def _check_memory(config: BagelConfig, precision: str, device: torch.device, com
 
 def load_with_precision(folder: str | Path, precision: str, device: torch.device, compute_dtype: torch.dtype,
                         *, policy: str = "default", available_bytes: int | None = None,
-                        check_memory: bool = True):
+                        check_memory: bool = True, fp8_class: type[Fp8Linear] = Fp8Linear):
     """Returns ``(config, bagel, autoencoder)`` loaded on ``device`` in ``precision``.
 
+    ``fp8_class``: the layer class of ``fp8_e4m3fn`` Linears (the ComfyUI nodes pass a castable subclass).
     ``available_bytes`` is the memory budget for the fit check (None: measured free memory of ``device``);
     the load is refused when even a 512x512 text-to-image call would not fit. ``check_memory=False`` skips
     the refusal (the plan is still logged).
@@ -81,7 +84,7 @@ def load_with_precision(folder: str | Path, precision: str, device: torch.device
     if not folder.is_dir():
         raise BagelCheckpointError(f"Model folder {folder} does not exist.")
     marker = _check_folder_precision(folder, precision)
-    if precision in QUANTIZED_PRECISIONS:
+    if precision in BITSANDBYTES_PRECISIONS:
         import_bitsandbytes(precision)
         probe_device(precision, device, compute_dtype)
     config = BagelConfig.from_folder(folder)
@@ -93,14 +96,15 @@ def load_with_precision(folder: str | Path, precision: str, device: torch.device
         _check_memory(config, precision, device, compute_dtype, policy, estimate, available_bytes)
     start = time.perf_counter()
     if marker is None:
-        factory = linear_factory(precision, compute_dtype, policy) if precision in QUANTIZED_PRECISIONS else None
+        factory = (linear_factory(precision, compute_dtype, policy, fp8_class)
+                   if precision in QUANTIZED_PRECISIONS else None)
         config, model, vae = load_bagel(folder, device, storage_dtype(precision), factory)
     else:
         if not (folder / AE_FILE).is_file():
             raise BagelCheckpointError(f"{AE_FILE} is missing in the pre-quantized folder {folder}; copy it "
                                        f"from the original BAGEL folder.")
         model, vae = build_skeleton(config)
-        load_prequantized_weights(model, source, device, precision, compute_dtype)
+        load_prequantized_weights(model, source, device, precision, compute_dtype, fp8_class)
         load_module_weights(vae, folder / AE_FILE, device, torch.float32)
         model, vae = model.eval(), vae.eval()
     _return_freed_heap_to_os()
