@@ -19,7 +19,9 @@ BATCH_CFG_CHOICES = {"auto": None, "on": True, "off": False}  # None: the pipeli
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="BAGEL checkpoint folder")
-    parser.add_argument("--precision", default="bf16", help="weight precision: bf16, fp16, fp32, nf4, int8")
+    parser.add_argument("--precision", default="bf16",
+                        help="weight precision: bf16, fp16, fp32, nf4, int8, fp8_e4m3fn, or auto (the best that "
+                             "fits the device, docs/quantization.md)")
     parser.add_argument("--compute-dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     parser.add_argument("--seed", type=int, default=0)

@@ -69,15 +69,25 @@ class Fp8Linear(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_features, dtype=torch.bfloat16, device=device),
                                  requires_grad=False) if bias else None
 
-    def cast_weights(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Weight and bias in the compute dtype on ``x``'s device, for this one call."""
+    def cast_weights(self, x: torch.Tensor, dtype: torch.dtype | None = None,
+                     bias_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The stored weight and bias moved to ``x``'s device and converted to ``dtype`` (the scale is not
+        applied here: a host application may replace this method with its own transfer code)."""
+        weight = self.weight.to(device=x.device, dtype=dtype)
+        bias = None if self.bias is None else self.bias.to(device=x.device, dtype=bias_dtype or dtype)
+        return weight, bias
+
+    def scaled_weights(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Weight ``* scale_weight`` and bias in the compute dtype on ``x``'s device, for this one call."""
         dtype = self.compute_dtype
-        weight = dequantize_fp8(self.weight, self.scale_weight, dtype, x.device)
-        bias = None if self.bias is None else self.bias.to(device=x.device, dtype=dtype)
+        weight, bias = self.cast_weights(x, dtype)
+        scale = self.scale_weight.to(device=x.device, dtype=dtype)
+        # The fp8 -> compute-dtype conversion made a new tensor: scale it in place (one temporary, not two).
+        weight = weight.mul_(scale) if weight.data_ptr() != self.weight.data_ptr() else weight * scale
         return weight, bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight, bias = self.cast_weights(x)
+        weight, bias = self.scaled_weights(x)
         return nn.functional.linear(x.to(self.compute_dtype), weight, bias)
 
     def extra_repr(self) -> str:

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from .auto_precision import AUTO, resolve_auto
 from .conditioning import Conditioning, ConditioningBuilder
 from .denoise import denoise
 from .devices import resolve_batch_cfg, resolve_compute_dtype, resolve_device
@@ -71,14 +72,17 @@ class BagelPipeline:
     def from_pretrained(cls, path: str | Path, precision: str = "bf16", device: str = "auto",
                         compute_dtype: str = "auto", *, available_memory: int | None = None,
                         check_memory: bool = True) -> "BagelPipeline":
-        """``precision``: bf16, fp16, fp32, nf4, int8 (see quantization.py); a pre-quantized folder loads
-        directly. ``available_memory`` (bytes, None = measured free memory) bounds the fit check."""
+        """``precision``: bf16, fp16, fp32, nf4, int8, fp8_e4m3fn (see quantization.py) or auto (the best
+        that fits in ``available_memory`` / the free memory of the device, auto_precision.py); a pre-quantized
+        folder loads directly. ``available_memory`` (bytes, None = measured free memory) bounds the fit check."""
         if not Path(path).is_dir():
             raise BagelCheckpointError(
                 f"Model folder {path} does not exist. Put the BAGEL-7B-MoT files there or pass another folder.")
         target = resolve_device(device)
-        check_precision(precision)
         cdtype = resolve_compute_dtype(compute_dtype, target)
+        if precision == AUTO:
+            precision = resolve_auto(path, target, cdtype, available_memory).precision
+        check_precision(precision)
         start = time.perf_counter()
         tokenizer = Qwen2Tokenizer.from_folder(path)  # cheap: a missing file fails before the big read
         _, model, vae = load_with_precision(path, precision, target, cdtype, available_bytes=available_memory,
