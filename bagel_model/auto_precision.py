@@ -87,6 +87,11 @@ class PrecisionChoice:
     reason: str
     options: tuple[PrecisionOption, ...] = ()
 
+    @property
+    def streams(self) -> bool:
+        """Whether the chosen precision relies on the memory manager streaming part of its weights."""
+        return any(o.precision == self.precision and o.verdict == "streams" for o in self.options)
+
 
 def evaluate_precision(config: BagelConfig, precision: str, memory: DeviceMemory, *, device: str,
                        compute_dtype: torch.dtype | None, streamable: frozenset | set) -> PrecisionOption:

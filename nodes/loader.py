@@ -8,11 +8,13 @@ from . import model_folders
 from .download import download_checkpoint
 from .memory_check import check_fits
 from .model_handle import MODEL_TYPE, BagelMoTModel
+from .precision_choice import AUTO, resolve_precision
 
 logger = logging.getLogger(__name__)
 
-PRECISIONS = ("bf16", "fp16", "fp32", "nf4", "int8")
-QUANTIZED = ("nf4", "int8")
+# New choices are appended (saved workflows store the value, not the index, but the order is what users see).
+PRECISIONS = ("bf16", "fp16", "fp32", "nf4", "int8", "fp8_e4m3fn", AUTO)
+QUANTIZED = ("nf4", "int8")  # need bitsandbytes
 
 
 def _precision_problem(precision) -> str | None:
@@ -54,9 +56,11 @@ class BagelMoTModelLoader:
                     "tooltip": "A checkpoint folder inside models/bagel (or a 'bagel' path from "
                                "extra_model_paths.yaml)."}),
                 "precision": (list(PRECISIONS), {
-                    "default": "bf16",
-                    "tooltip": "Weight format. bf16 is the reference; nf4 and int8 use less memory "
-                               "and need the bitsandbytes package."}),
+                    "default": AUTO,
+                    "tooltip": "Weight format. auto picks the best that runs on this GPU (bf16, then "
+                               "fp8_e4m3fn, int8, nf4; the log says why) and keeps a pre-quantized folder's "
+                               "own format. bf16 is the reference; fp8_e4m3fn halves it; nf4 and int8 need "
+                               "the bitsandbytes package."}),
                 "download_if_missing": ("BOOLEAN", {
                     "default": False,
                     "label_on": "download from Hugging Face",
@@ -81,7 +85,9 @@ class BagelMoTModelLoader:
         path = model_folders.find_model_folder(model_folder)
         if path is None:
             path = download_checkpoint(model_folders.download_target_dir())
-        weight_bytes, working_bytes = check_fits(path, model_folder, precision)
+        precision, choice = resolve_precision(path, model_folder, precision)
+        weight_bytes, working_bytes = check_fits(path, model_folder, precision,
+                                                 allow_streaming=choice is not None and choice.streams)
         device = mm.get_torch_device()
         logger.info("Loading BAGEL checkpoint %s in %s to %s.", path, precision, device)
         # Stream the weights straight to ComfyUI's device (after it makes room), so a 29 GB checkpoint never

@@ -21,10 +21,13 @@ def _estimate(folder_path: str, precision: str, device, side: int):
                            device=str(device))
 
 
-def check_fits(folder_path: str, folder_name: str, precision: str) -> tuple[int, int]:
+def check_fits(folder_path: str, folder_name: str, precision: str,
+               allow_streaming: bool = False) -> tuple[int, int]:
     """Logs the estimate; raises ValueError with numbers when it cannot fit on ComfyUI's device.
 
-    Returns (weight_bytes, working_bytes) for the ModelPatcher and load_models_gpu.
+    ``allow_streaming``: the weights that do not fit are streamed by ComfyUI (the ``auto`` precision chose it
+    so), so only the log is written. Returns (weight_bytes, working_bytes) for the ModelPatcher and
+    load_models_gpu.
     """
     device = mm.get_torch_device()
     large = _estimate(folder_path, precision, device, 1024)
@@ -32,6 +35,8 @@ def check_fits(folder_path: str, folder_name: str, precision: str) -> tuple[int,
     capacity = int(mm.get_total_memory(device))
     logger.info("BAGEL '%s': %s; %s has %.1f GiB in total.", folder_name, large.summary(), device,
                 capacity / GIB)
+    if allow_streaming:
+        return large.weights_bytes, large.total_bytes - large.weights_bytes
     if large.total_bytes > capacity >= estimate.total_bytes:
         logger.warning("BAGEL '%s' in %s needs about %.1f GiB for 1024x1024 but %s has %.1f GiB: use "
                        "smaller images or another precision.", folder_name, precision,
