@@ -15,8 +15,9 @@ The rule (a pure function of the configs and the device's memory numbers, so tes
      (``W - R <= W / 2``, ``MAX_STREAMED_FRACTION``) and the host can hold the streamed part
      (``host_available``, when given): take it.
    * else try the next candidate.
-3. When no candidate qualifies, the smallest one (``nf4``) is returned with that reason; the loader's memory
-   check then refuses it with numbers if even a 512x512 call cannot run.
+3. When no candidate qualifies, the smallest one (``nf4``) is returned with that reason: streaming more than
+   half of it when it is streamable and some room is left (slow, but it runs), else as it is, and the loader's
+   memory check then refuses it with numbers if even a 512x512 call cannot run.
 
 Why half: what is streamed crosses the bus on every step; for half of BAGEL's bf16 weights (13.8 GiB) that is
 about 0.55 s per step at PCIe 4.0 x16's ~25 GB/s, the same order as the compute of a 1024² step on a fast
@@ -86,17 +87,17 @@ class PrecisionChoice:
     precision: str
     reason: str
     options: tuple[PrecisionOption, ...] = ()
-
-    @property
-    def streams(self) -> bool:
-        """Whether the chosen precision relies on the memory manager streaming part of its weights."""
-        return any(o.precision == self.precision and o.verdict == "streams" for o in self.options)
+    streams: bool = False  # the chosen precision relies on the memory manager streaming part of its weights
 
 
 def evaluate_precision(config: BagelConfig, precision: str, memory: DeviceMemory, *, device: str,
-                       compute_dtype: torch.dtype | None, streamable: frozenset | set) -> PrecisionOption:
-    """Whether ``precision`` fits, streams acceptably, or is rejected on this device (rule in the module doc)."""
-    estimate = estimate_memory(config, precision, device=device, compute_dtype=compute_dtype, **REFERENCE_CALL)
+                       compute_dtype: torch.dtype | None, streamable: frozenset | set,
+                       call: dict | None = None) -> PrecisionOption:
+    """Whether ``precision`` fits, streams acceptably, or is rejected on this device (rule in the module doc).
+
+    ``call``: the ``estimate_memory`` task arguments of the call to plan for (default ``REFERENCE_CALL``)."""
+    estimate = estimate_memory(config, precision, device=device, compute_dtype=compute_dtype,
+                               **(call or REFERENCE_CALL))
     weights = estimate.weights_bytes
     working = estimate.kv_cache_bytes + estimate.activation_bytes
     room = memory.total_bytes - memory.reserved_bytes - working
@@ -134,10 +135,13 @@ def choose_precision(config: BagelConfig, memory: DeviceMemory, *, device: str =
         if option.acceptable:
             how = ("its weights fit entirely" if option.verdict == "fits" else
                    f"{option.streamed_bytes / GiB:.2f} GiB of {option.weights_bytes / GiB:.2f} GiB streamed per step")
-            return PrecisionChoice(option.precision, f"{how} ({budget})", options)
+            return PrecisionChoice(option.precision, f"{how} ({budget})", options, option.verdict == "streams")
     smallest = min(options, key=lambda o: o.weights_bytes)
+    over_limit = smallest.verdict.startswith("would stream") and smallest.resident_room_bytes > 0
+    how = (f"streaming {smallest.streamed_bytes / GiB:.2f} GiB per step, over the limit: slow" if over_limit
+           else "it may not fit")
     return PrecisionChoice(smallest.precision, f"no precision fits with acceptable streaming ({budget}); "
-                                               f"{smallest.precision} is the smallest", options)
+                                               f"{smallest.precision} is the smallest, {how}", options, over_limit)
 
 
 def log_choice(choice: PrecisionChoice, where: str) -> None:

@@ -30,7 +30,7 @@ def test_picks_for_common_cards(card, expected, verdict):
     choice = choose_precision(REAL, _card(card))
     assert choice.precision == expected, choice.reason
     picked = next(o for o in choice.options if o.precision == expected)
-    assert picked.verdict == verdict
+    assert picked.verdict == verdict and choice.streams == (verdict == "streams")
     assert [o.precision for o in choice.options] == ["bf16", "fp8_e4m3fn", "int8", "nf4"]
 
 
@@ -38,6 +38,9 @@ def test_nothing_acceptable_falls_back_to_the_smallest():
     choice = choose_precision(REAL, _card(8))
     assert choice.precision == "nf4" and "smallest" in choice.reason
     assert not any(o.acceptable for o in choice.options)
+    assert not choice.streams  # bitsandbytes layers are not in the default streamable set
+    streaming = choose_precision(REAL, _card(8), streamable={"bf16", "fp8_e4m3fn", "int8", "nf4"})
+    assert streaming.precision == "nf4" and streaming.streams and "over the limit" in streaming.reason
 
 
 def test_without_streaming_only_what_fits_entirely():
@@ -61,7 +64,7 @@ def test_precisions_that_cannot_stream_are_skipped():
 
 def test_candidates_without_bitsandbytes():
     choice = choose_precision(REAL, _card(8), candidates=("bf16", "fp8_e4m3fn"))
-    assert choice.precision == "fp8_e4m3fn" and "smallest" in choice.reason
+    assert choice.precision == "fp8_e4m3fn" and "smallest" in choice.reason and choice.streams
 
 
 def test_the_half_resident_boundary():
