@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .errors import BagelError
 from .pipeline import EDIT_DEFAULTS, GENERATE_DEFAULTS, BagelPipeline, BagelResult
-from .step_cache import StepCacheSettings
+from .generation.step_cache import StepCacheSettings
 
 log = logging.getLogger("bagel_model")
 
@@ -160,7 +160,7 @@ def _write_outputs(args, result: BagelResult, seconds: float) -> None:
 
 
 def peak_rss_mb() -> float:
-    from .memory import process_peak_rss_bytes
+    from .checkpoint.memory import process_peak_rss_bytes
 
     return process_peak_rss_bytes() / 2 ** 20
 
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.write(f"{path}\n")
             return 0
         if args.command == "quantize":
-            from .quantized_checkpoint import quantize_folder
+            from .checkpoint.prequantized import quantize_folder
 
             sys.stdout.write(f"{quantize_folder(args.model, args.out, args.precision, args.device)}\n")
             return 0

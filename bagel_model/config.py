@@ -148,12 +148,12 @@ def _table_sides_from_weights(folder: Path, config: BagelConfig) -> dict:
     path = folder / WEIGHTS_FILE
     if not path.is_file():
         # A pre-quantized folder (quantized_checkpoint.py) stores the same tables in ema.<precision>.safetensors.
-        from .quantized_checkpoint import prequantized_weights_path
+        from .checkpoint.prequantized import prequantized_weights_path
 
         path = prequantized_weights_path(folder)
         if path is None:
             return {}
-    from .safetensors_header import read_header  # local import: config must stay cheap for meta builds
+    from .checkpoint.safetensors_header import read_header  # local import: config must stay cheap for meta builds
 
     header = read_header(path)
     sides = {}

@@ -9,25 +9,25 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .auto_precision import AUTO, resolve_auto
-from .conditioning import Conditioning, ConditioningBuilder
-from .denoise import denoise
+from .checkpoint.auto_precision import AUTO, resolve_auto
+from .generation.conditioning import Conditioning, ConditioningBuilder
+from .generation.denoise import denoise
 from .devices import resolve_batch_cfg, resolve_compute_dtype, resolve_device
 from .errors import BagelCheckpointError, BagelInputError
-from .framing import GEN_THINK_SYSTEM_PROMPT, VLM_THINK_SYSTEM_PROMPT, SpecialIds, extract_generated_text
-from .images import to_pil, unpatchify_latent
-from .memory import batch_cfg_fits
-from .precision_loading import load_with_precision
-from .quantization import check_precision
-from .quantized_checkpoint import save_quantized
+from .text.framing import GEN_THINK_SYSTEM_PROMPT, VLM_THINK_SYSTEM_PROMPT, SpecialIds, extract_generated_text
+from .generation.images import to_pil, unpatchify_latent
+from .checkpoint.memory import batch_cfg_fits
+from .checkpoint.precision_loading import load_with_precision
+from .checkpoint.quantization import check_precision
+from .checkpoint.prequantized import save_quantized
 from .model import banded_autoencoder
 from .model.autoencoder import AutoEncoder
 from .model.bagel import Bagel
 from .model.ops import set_compute_dtype
-from .runtime import BagelRuntime, ProgressFn
-from .sampler import SamplerSettings
-from .step_cache import StepCacheSettings, resolve_step_cache
-from .tokenizer import Qwen2Tokenizer
+from .generation.runtime import BagelRuntime, ProgressFn
+from .generation.sampler import SamplerSettings
+from .generation.step_cache import StepCacheSettings, resolve_step_cache
+from .text.tokenizer import Qwen2Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class BagelPipeline:
                         compute_dtype: str = "auto", *, available_memory: int | None = None,
                         check_memory: bool = True) -> "BagelPipeline":
         """``precision``: bf16, fp16, fp32, nf4, int8, fp8_e4m3fn (see quantization.py) or auto (the best
-        that fits in ``available_memory`` / the free memory of the device, auto_precision.py); a pre-quantized
+        that fits in ``available_memory`` / the free memory of the device, checkpoint/auto_precision.py); a pre-quantized
         folder loads directly. ``available_memory`` (bytes, None = measured free memory) bounds the fit check."""
         if not Path(path).is_dir():
             raise BagelCheckpointError(

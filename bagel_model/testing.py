@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 
 from .config import AEConfig
 from .model.embeddings import sincos_2d_table
-from .tokenizer import bytes_to_unicode
+from .text.tokenizer import bytes_to_unicode
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def make_test_checkpoint(out_dir: str | Path, preset: str = "tiny", seed: int = 
     out, source = write_test_folder(out_dir, preset, tokenizer_dir)
     generator = torch.Generator().manual_seed(seed)
     from .config import BagelConfig
-    from .loading import build_skeleton
+    from .checkpoint.loading import build_skeleton
 
     model, vae = build_skeleton(BagelConfig.from_folder(out))
     save_file(_random_state(model, generator, torch.bfloat16), str(out / "ema.safetensors"),

@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bagel_model import make_test_checkpoint  # noqa: E402
 from bagel_model.config import BagelConfig  # noqa: E402
-from bagel_model.loading import build_skeleton, load_module_weights  # noqa: E402
-from bagel_model.memory import process_peak_rss_bytes  # noqa: E402
+from bagel_model.checkpoint.loading import build_skeleton, load_module_weights  # noqa: E402
+from bagel_model.checkpoint.memory import process_peak_rss_bytes  # noqa: E402
 from bagel_model.model import banded_autoencoder  # noqa: E402
 
 

@@ -21,7 +21,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bagel_model import BagelPipeline, make_test_checkpoint  # noqa: E402
 from bagel_model.devices import cpu_has_native_bf16  # noqa: E402
-from bagel_model.memory import process_peak_rss_bytes  # noqa: E402
+from bagel_model.checkpoint.memory import process_peak_rss_bytes  # noqa: E402
 
 
 class StepTimer:

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from bagel_model import make_test_checkpoint  # noqa: E402
 from bagel_model.config import BagelConfig  # noqa: E402
-from bagel_model.memory import GiB, estimate_memory, official_weight_bytes, process_peak_rss_bytes  # noqa: E402
+from bagel_model.checkpoint.memory import GiB, estimate_memory, official_weight_bytes, process_peak_rss_bytes  # noqa: E402
 
 PRECISIONS = ("bf16", "fp16", "fp32", "nf4", "int8", "fp8_e4m3fn")
 
@@ -51,9 +51,9 @@ def worker(args) -> None:
         import bitsandbytes  # noqa: F401  (its import is not part of the load)
     from bagel_model import BagelPipeline
     from bagel_model.devices import resolve_compute_dtype
-    from bagel_model.memory import measured_weight_bytes
-    from bagel_model.precision_loading import load_with_precision
-    from bagel_model.tokenizer import Qwen2Tokenizer
+    from bagel_model.checkpoint.memory import measured_weight_bytes
+    from bagel_model.checkpoint.precision_loading import load_with_precision
+    from bagel_model.text.tokenizer import Qwen2Tokenizer
 
     device = torch.device("cpu")
     cdtype = resolve_compute_dtype(args.compute_dtype, device)

@@ -183,8 +183,8 @@ def make_handle(pack, folder: Path, precision: str, device: torch.device, store:
     from bagel_model import BagelPipeline
     from bagel_model.config import BagelConfig
     from bagel_model.devices import resolve_compute_dtype
-    from bagel_model.memory import estimate_memory
-    from bagel_model.tokenizer import Qwen2Tokenizer
+    from bagel_model.checkpoint.memory import estimate_memory
+    from bagel_model.text.tokenizer import Qwen2Tokenizer
     from random_model import build_random_model
 
     config = BagelConfig.from_folder(folder)
@@ -202,7 +202,7 @@ def make_handle(pack, folder: Path, precision: str, device: torch.device, store:
 def peak_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device)
-    from bagel_model.memory import process_peak_rss_bytes
+    from bagel_model.checkpoint.memory import process_peak_rss_bytes
 
     return process_peak_rss_bytes()
 

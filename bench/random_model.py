@@ -16,9 +16,9 @@ import torch
 from torch import nn
 
 from bagel_model.config import BagelConfig
-from bagel_model.loading import _set_submodule, build_skeleton
+from bagel_model.checkpoint.loading import _set_submodule, build_skeleton
 from bagel_model.model.embeddings import sincos_2d_table
-from bagel_model.quantization import QUANTIZED_PRECISIONS, linear_factory, storage_dtype
+from bagel_model.checkpoint.quantization import QUANTIZED_PRECISIONS, linear_factory, storage_dtype
 
 
 def _random(name: str, shape: tuple, device: torch.device, generator: torch.Generator) -> torch.Tensor:

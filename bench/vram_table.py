@@ -4,7 +4,7 @@ ComfyUI streams per denoising step, and which cards each combination targets. No
     python bench/vram_table.py [--cards 8,12,16,24] [--markdown]
 
 From the configs of the real BAGEL-7B-MoT (bagel_model.memory.estimate_memory) and the rule of
-``precision="auto"`` (bagel_model.auto_precision): a card of N GiB shows ComfyUI about N - 0.4 GiB; ComfyUI keeps
+``precision="auto"`` (bagel_model.checkpoint.auto_precision): a card of N GiB shows ComfyUI about N - 0.4 GiB; ComfyUI keeps
 0.8 GiB + 0.4 GiB (Linux) free; the call's working memory (KV cache + activation peak) comes first; weights
 fill the rest and whatever does not fit is streamed, i.e. copied to the GPU on every forward (once per step
 with the CFG branches batched, the CUDA default). That is an upper bound for a denoising step: ``lm_head``
@@ -19,10 +19,10 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bagel_model.auto_precision import (AUTO_ORDER, STREAMABLE, DeviceMemory, choose_precision,  # noqa: E402
+from bagel_model.checkpoint.auto_precision import (AUTO_ORDER, STREAMABLE, DeviceMemory, choose_precision,  # noqa: E402
                                         evaluate_precision)
 from bagel_model.config import BagelConfig  # noqa: E402
-from bagel_model.memory import GiB  # noqa: E402
+from bagel_model.checkpoint.memory import GiB  # noqa: E402
 
 CALLS = {"T2I 1024²": {"task": "t2i", "width": 1024, "height": 1024},
          "edit 1024²": {"task": "edit", "width": 1024, "height": 1024, "input_size": (1024, 1024)},

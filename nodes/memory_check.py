@@ -15,7 +15,7 @@ GIB = 1024 ** 3
 
 def _estimate(folder_path: str, precision: str, device, side: int):
     from bagel_model.config import BagelConfig
-    from bagel_model.memory import estimate_memory
+    from bagel_model.checkpoint.memory import estimate_memory
 
     return estimate_memory(BagelConfig.from_folder(folder_path), precision, width=side, height=side,
                            device=str(device))

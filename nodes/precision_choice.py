@@ -2,7 +2,7 @@
 
 The rule itself (bf16 when it fits or at least half of it stays resident while ComfyUI streams the rest, then
 fp8_e4m3fn, int8, nf4; a pre-quantized folder keeps its precision) lives in
-``bagel_model.auto_precision.choose_precision`` and is tested there with injected numbers. Here:
+``bagel_model.checkpoint.auto_precision.choose_precision`` and is tested there with injected numbers. Here:
 
 * the budget of a GPU is its total memory (ComfyUI evicts other models to make room; the same bound as the
   load check in memory_check.py) minus ``minimum_inference_memory()``, which ComfyUI keeps free;
@@ -28,7 +28,7 @@ def comfy_streams_weights(device: torch.device) -> bool:
 
 def comfy_device_memory(device: torch.device):
     """ComfyUI's view of ``device`` as the core's ``DeviceMemory``."""
-    from bagel_model.auto_precision import DeviceMemory
+    from bagel_model.checkpoint.auto_precision import DeviceMemory
 
     cpu = torch.device("cpu")
     if device.type == "cpu":
@@ -45,10 +45,10 @@ def resolve_precision(folder_path: str, folder_name: str, precision: str):
     """
     if precision != AUTO:
         return precision, None
-    from bagel_model.auto_precision import choose_precision, log_choice, runnable_candidates
+    from bagel_model.checkpoint.auto_precision import choose_precision, log_choice, runnable_candidates
     from bagel_model.config import BagelConfig
     from bagel_model.devices import resolve_compute_dtype
-    from bagel_model.quantized_checkpoint import read_marker
+    from bagel_model.checkpoint.prequantized import read_marker
 
     device = mm.get_torch_device()
     marker = read_marker(folder_path)

@@ -54,7 +54,7 @@ def test_auto_follows_comfy_memory(loader, tiny_checkpoint, monkeypatch):
     import comfy.model_management as mm
     from bagel_model.config import BagelConfig
     from bagel_model.devices import resolve_compute_dtype
-    from bagel_model.memory import estimate_memory
+    from bagel_model.checkpoint.memory import estimate_memory
 
     config = BagelConfig.from_folder(tiny_checkpoint)
     roomy = loader().load(tiny_checkpoint.name, "auto", False)[0]

@@ -4,7 +4,7 @@ import re
 import torch
 
 from bagel_model.config import BagelConfig
-from bagel_model.loading import build_skeleton
+from bagel_model.checkpoint.loading import build_skeleton
 
 
 def _real():

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from bagel_model.config import AEConfig, BagelConfig
-from bagel_model.memory import estimate_memory
-from bagel_model.images import to_pil
+from bagel_model.checkpoint.memory import estimate_memory
+from bagel_model.generation.images import to_pil
 from bagel_model.model import banded_autoencoder
 from bagel_model.model.autoencoder import AutoEncoder
 
@@ -60,7 +60,7 @@ MEASURE = textwrap.dedent("""
     sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
     from test_banded_autoencoder import random_autoencoder
     from bagel_model.model import banded_autoencoder
-    from bagel_model.memory import process_peak_rss_bytes
+    from bagel_model.checkpoint.memory import process_peak_rss_bytes
     ae = random_autoencoder(ch=64)
     z = torch.randn(1, 16, 64, 64)
     before = process_peak_rss_bytes()

@@ -11,7 +11,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from bagel_model import BagelCheckpointError, BagelInputError, BagelPipeline
-from bagel_model.tokenizer import Qwen2Tokenizer
+from bagel_model.text.tokenizer import Qwen2Tokenizer
 
 RED = Image.new("RGB", (96, 80), (220, 20, 20))
 

@@ -12,7 +12,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from bagel_model import BagelPipeline
-from bagel_model.sampler import SamplerSettings
+from bagel_model.generation.sampler import SamplerSettings
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def _first_divergent_step(pipe, golden, mode, settings, items, size):
     gen = torch.Generator().manual_seed(settings["seed"])
     cond = pipe.builder.build(items, None, True, gen)
     sampler = SamplerSettings(**{k: v for k, v in _sampler_kwargs(settings).items() if k != "seed"})
-    from bagel_model.sampler import combine_cfg, schedule
+    from bagel_model.generation.sampler import combine_cfg, schedule
 
     cfg_img = pipe.builder.image_cfg_context(cond) if sampler.cfg_img_scale > 1 else None
     query = pipe.runtime.generation_query(size[1], size[0])

@@ -5,10 +5,10 @@ import pytest
 import torch
 from PIL import Image
 
-from bagel_model.images import VAE_RULE, VIT_RULE, patchify_latent, patchify_pixels, unpatchify_latent
+from bagel_model.generation.images import VAE_RULE, VIT_RULE, patchify_latent, patchify_pixels, unpatchify_latent
 from bagel_model.model.embeddings import (grid_position_ids, rope_cos_sin, rope_inv_freq, sincos_2d_table,
                                           TimestepEmbedder)
-from bagel_model.sampler import SamplerSettings, combine_cfg, euler_step, schedule
+from bagel_model.generation.sampler import SamplerSettings, combine_cfg, euler_step, schedule
 
 
 def test_schedule_matches_spec_values():

@@ -11,8 +11,8 @@ import torch
 import bitsandbytes  # noqa: F401  imported before the baseline so its own footprint is not counted as loading
 
 from bagel_model.devices import resolve_compute_dtype
-from bagel_model.memory import measured_weight_bytes, process_peak_rss_bytes
-from bagel_model.precision_loading import load_with_precision
+from bagel_model.checkpoint.memory import measured_weight_bytes, process_peak_rss_bytes
+from bagel_model.checkpoint.precision_loading import load_with_precision
 
 
 def main(folder: str, precision: str) -> None:

@@ -5,10 +5,10 @@ import logging
 import pytest
 
 from bagel_model import BagelPipeline
-from bagel_model.auto_precision import (MAX_STREAMED_FRACTION, DeviceMemory, choose_precision,
+from bagel_model.checkpoint.auto_precision import (MAX_STREAMED_FRACTION, DeviceMemory, choose_precision,
                                         evaluate_precision)
 from bagel_model.config import BagelConfig
-from bagel_model.memory import GiB, estimate_memory
+from bagel_model.checkpoint.memory import GiB, estimate_memory
 
 REAL = BagelConfig()
 RESERVE = int(1.2 * GiB)  # about ComfyUI's minimum inference memory + reserve on Linux
@@ -87,7 +87,7 @@ def test_core_loader_resolves_auto_from_the_budget(tiny_checkpoint, caplog):
     fp8 = estimate_memory(config, "fp8_e4m3fn", "t2i", 1024, 1024, device="cpu")
     bf16 = estimate_memory(config, "bf16", "t2i", 1024, 1024, device="cpu")
     assert fp8.total_bytes < bf16.total_bytes
-    with caplog.at_level(logging.INFO, logger="bagel_model.auto_precision"):
+    with caplog.at_level(logging.INFO, logger="bagel_model.checkpoint.auto_precision"):
         roomy = BagelPipeline.from_pretrained(tiny_checkpoint, precision="auto", device="cpu",
                                               compute_dtype="fp32", available_memory=bf16.total_bytes)
         tight = BagelPipeline.from_pretrained(tiny_checkpoint, precision="auto", device="cpu",

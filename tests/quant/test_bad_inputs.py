@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from bagel_model import BagelPipeline
-from bagel_model import quantization
+from bagel_model.checkpoint import quantization
 from bagel_model.errors import BagelCheckpointError, BagelInputError
 
 
@@ -78,7 +78,7 @@ def test_device_that_bitsandbytes_cannot_use(tiny_checkpoint, monkeypatch):
 
 def test_memory_refusal_names_numbers_and_a_precision_that_fits(tiny_checkpoint):
     from bagel_model.config import BagelConfig
-    from bagel_model.memory import BagelMemoryError, estimate_memory
+    from bagel_model.checkpoint.memory import BagelMemoryError, estimate_memory
 
     config = BagelConfig.from_folder(tiny_checkpoint)
     estimate = estimate_memory(config, "fp32", "t2i", 512, 512, device="cpu", compute_dtype=torch.float32)

@@ -3,9 +3,9 @@ the input's device, chunked quantization equal to one-shot, exact serialisation.
 import pytest
 import torch
 
-from bagel_model import fp8
+from bagel_model.checkpoint import fp8
 from bagel_model.model.ops import set_compute_dtype
-from bagel_model.quantized_checkpoint import quantized_linear_from_tensors, quantized_linear_tensors
+from bagel_model.checkpoint.prequantized import quantized_linear_from_tensors, quantized_linear_tensors
 
 
 def _weights(out_f=96, in_f=128, seed=0):

@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from bagel_model.config import BagelConfig
-from bagel_model.memory import (BagelMemoryError, GiB, check_fits, estimate_memory, official_weight_bytes,
+from bagel_model.checkpoint.memory import (BagelMemoryError, GiB, check_fits, estimate_memory, official_weight_bytes,
                                 weight_bytes)
-from bagel_model.param_inventory import autoencoder_parameter_count, bagel_tensors
+from bagel_model.checkpoint.param_inventory import autoencoder_parameter_count, bagel_tensors
 
 REAL = BagelConfig()
 
@@ -18,7 +18,7 @@ def test_inventory_matches_the_spec_counts():
 
 
 def test_inventory_matches_the_meta_skeleton():
-    from bagel_model.loading import build_skeleton
+    from bagel_model.checkpoint.loading import build_skeleton
 
     model, vae = build_skeleton(REAL)
     assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == \

@@ -3,9 +3,9 @@ resident bytes equal the estimate, and outputs stay close to bf16."""
 import pytest
 import torch
 
-from bagel_model.memory import measured_weight_bytes, weight_bytes
+from bagel_model.checkpoint.memory import measured_weight_bytes, weight_bytes
 from bagel_model.model.ops import Linear
-from bagel_model.quantization import is_quantized_linear, should_quantize
+from bagel_model.checkpoint.quantization import is_quantized_linear, should_quantize
 
 from quant_helpers import PRECISIONS, run_flows
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from bagel_model import BagelPipeline
-from bagel_model import quantization
+from bagel_model.checkpoint import quantization
 from bagel_model.cli import main as cli_main
 from bagel_model.errors import BagelCheckpointError, BagelInputError
-from bagel_model.quantized_checkpoint import MARKER_FILE, weights_file_name
+from bagel_model.checkpoint.prequantized import MARKER_FILE, weights_file_name
 
 from quant_helpers import run_flows
 

@@ -4,9 +4,9 @@ import sys
 import pytest
 import torch
 
-from bagel_model import quantization as q
+from bagel_model.checkpoint import quantization as q
 from bagel_model.errors import BagelInputError
-from bagel_model.quantized_checkpoint import quantized_linear_from_tensors, quantized_linear_tensors
+from bagel_model.checkpoint.prequantized import quantized_linear_from_tensors, quantized_linear_tensors
 
 from quant_helpers import require_bitsandbytes  # noqa: E402
 

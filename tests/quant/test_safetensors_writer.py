@@ -2,8 +2,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from bagel_model.safetensors_header import read_header
-from bagel_model.safetensors_writer import write_safetensors
+from bagel_model.checkpoint.safetensors_header import read_header
+from bagel_model.checkpoint.safetensors_writer import write_safetensors
 
 
 def test_round_trip_every_dtype(tmp_path):

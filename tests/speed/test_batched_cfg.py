@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bagel_model.batched_cfg import batched_velocities
+from bagel_model.generation.batched_cfg import batched_velocities
 
 RED = Image.new("RGB", (64, 48), (200, 30, 30))
 
@@ -61,7 +61,7 @@ def test_batched_call_leaves_contexts_unchanged(fp32_pipe):
 @pytest.fixture
 def batch_choices(monkeypatch) -> list:
     """The batch_cfg value each denoise call received, in order."""
-    from bagel_model import branch_velocities
+    from bagel_model.generation import branch_velocities
 
     seen = []
     original = branch_velocities.BranchVelocities.__init__
@@ -77,7 +77,7 @@ def batch_choices(monkeypatch) -> list:
 def test_batch_cfg_auto_is_on_for_cuda_and_off_for_cpu(batch_choices, speed_pipe):
     from bagel_model import devices
     from bagel_model.config import BagelConfig
-    from bagel_model.memory import estimate_memory
+    from bagel_model.checkpoint.memory import estimate_memory
 
     assert devices.resolve_batch_cfg(None, "cuda:0") is True
     assert devices.resolve_batch_cfg(None, "cpu") is False
@@ -97,7 +97,7 @@ def test_batch_cfg_auto_is_on_for_cuda_and_off_for_cpu(batch_choices, speed_pipe
 
 def test_batch_cfg_fits_compares_stacked_activations_with_free_memory():
     from bagel_model.config import BagelConfig
-    from bagel_model.memory import batch_cfg_fits
+    from bagel_model.checkpoint.memory import batch_cfg_fits
 
     config = BagelConfig()  # real dims: 1024² edit, ~6.7k-token context: ~1.03 GiB per branch and layer
     args = (config, "cuda", 4098, 6700)

@@ -5,8 +5,8 @@ import torch
 
 from bagel_model import cli
 from bagel_model.errors import BagelInputError
-from bagel_model.sampler import SamplerSettings, schedule
-from bagel_model.step_cache import StepCache, StepCacheSettings, resolve_step_cache
+from bagel_model.generation.sampler import SamplerSettings, schedule
+from bagel_model.generation.step_cache import StepCache, StepCacheSettings, resolve_step_cache
 
 ARGS = dict(width=64, height=64, steps=20, seed=5)
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import BagelInputError
+from ..errors import BagelInputError
 
 STEP_CACHE_MODES = ("taylor",)
 

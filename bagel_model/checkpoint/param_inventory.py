@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .config import AEConfig, BagelConfig
+from ..config import AEConfig, BagelConfig
 
 
 @dataclass(frozen=True)

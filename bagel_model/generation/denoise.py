@@ -7,7 +7,7 @@ import logging
 import torch
 
 from .branch_velocities import BranchVelocities
-from .model.kv_cache import Context
+from ..model.kv_cache import Context
 from .runtime import BagelRuntime, GenerationQuery, ProgressFn
 from .sampler import SamplerSettings, combine_cfg, euler_step, schedule
 from .step_cache import StepCacheSettings

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from .batched_cfg import branch_hidden, velocities_from_hidden
-from .model.kv_cache import Context
+from ..model.kv_cache import Context
 from .runtime import BagelRuntime, GenerationQuery
 from .step_cache import StepCache, StepCacheSettings
 

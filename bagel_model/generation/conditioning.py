@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
-from .framing import text_block_ids
+from ..text.framing import text_block_ids
 from .images import to_rgb
-from .model.kv_cache import Context
+from ..model.kv_cache import Context
 from .runtime import BagelRuntime
-from .tokenizer import Qwen2Tokenizer
+from ..text.tokenizer import Qwen2Tokenizer
 
 
 @dataclass

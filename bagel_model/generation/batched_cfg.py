@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from .model.branches import BranchLayout
-from .model.kv_cache import Context
-from .model.qwen2_mot import Block
+from ..model.branches import BranchLayout
+from ..model.kv_cache import Context
+from ..model.qwen2_mot import Block
 from .runtime import BagelRuntime, GenerationQuery
 
 

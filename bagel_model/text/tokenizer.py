@@ -13,7 +13,7 @@ from pathlib import Path
 
 import regex
 
-from .errors import BagelCheckpointError
+from ..errors import BagelCheckpointError
 
 PRETOKENIZE_PATTERN = (
     r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|"""

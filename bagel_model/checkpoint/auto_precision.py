@@ -35,10 +35,10 @@ from pathlib import Path
 
 import torch
 
-from .config import BagelConfig
+from ..config import BagelConfig
 from .memory import GiB, available_memory, estimate_memory
 from .quantization import BITSANDBYTES_PRECISIONS
-from .quantized_checkpoint import read_marker
+from .prequantized import read_marker
 
 log = logging.getLogger(__name__)
 

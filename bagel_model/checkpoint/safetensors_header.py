@@ -5,7 +5,7 @@ import json
 import struct
 from pathlib import Path
 
-from .errors import BagelCheckpointError
+from ..errors import BagelCheckpointError
 
 _MAX_HEADER = 100 * 1024 * 1024
 

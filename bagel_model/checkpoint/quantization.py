@@ -2,8 +2,8 @@
 
 Precisions: ``bf16``, ``fp16``, ``fp32`` store every tensor in that dtype; ``nf4`` and ``int8`` store the Linears
 selected by the quantization policy with bitsandbytes (``Linear4bit`` NF4, ``Linear8bitLt`` LLM.int8 with
-outlier threshold 6.0), ``fp8_e4m3fn`` stores them as float8 with a per-tensor scale (``fp8.py``, plain torch),
-and all three keep every other tensor in bf16, the dtype of ``ema.safetensors`` (lossless, and half of
+outlier threshold 6.0), ``fp8_e4m3fn`` stores them as float8 with a per-tensor scale (``fp8.py``, plain
+torch), and all three keep every other tensor in bf16, the dtype of ``ema.safetensors`` (lossless, and half of
 the fp32 the official INT8 mode uses for them).
 
 Policy (see docs/quantization.md for the measurements behind it): the decoder Linears of both experts (98.6 %
@@ -23,7 +23,7 @@ import re
 import torch
 from torch import nn
 
-from .errors import BagelInputError
+from ..errors import BagelInputError
 from .fp8 import Fp8Linear, is_fp8_linear, make_fp8_linear
 
 log = logging.getLogger(__name__)
@@ -264,7 +264,7 @@ def linear_factory(precision: str, compute_dtype: torch.dtype, policy: str = "de
     """Adapter for ``loading.load_module_weights``: (name, module, tensors on device) -> replacement or None.
 
     ``fp8_class`` is the layer class of ``fp8_e4m3fn`` Linears (the nodes inject a ComfyUI-castable one)."""
-    from .model.ops import Linear
+    from ..model.ops import Linear
 
     def factory(name: str, module: nn.Module, tensors: dict) -> nn.Module | None:
         if not isinstance(module, Linear) or not should_quantize(name, precision, policy):

@@ -8,13 +8,13 @@ from typing import Callable
 import torch
 from PIL import Image
 
-from .framing import SpecialIds
+from ..text.framing import SpecialIds
 from .images import patchify_latent, patchify_pixels, resize_rules, to_tensor
-from .model.autoencoder import AutoEncoder
-from .model.bagel import Bagel
-from .model.embeddings import grid_position_ids, rope_cos_sin, rope_inv_freq
-from .model.kv_cache import Context
-from .model.qwen2_mot import GEN, UND, Block, Segment
+from ..model.autoencoder import AutoEncoder
+from ..model.bagel import Bagel
+from ..model.embeddings import grid_position_ids, rope_cos_sin, rope_inv_freq
+from ..model.kv_cache import Context
+from ..model.qwen2_mot import GEN, UND, Block, Segment
 
 ProgressFn = Callable[[str, int, int], None]
 

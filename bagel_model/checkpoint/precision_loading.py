@@ -14,14 +14,14 @@ from pathlib import Path
 
 import torch
 
-from .config import AE_FILE, WEIGHTS_FILE, BagelConfig
-from .errors import BagelCheckpointError, BagelInputError
+from ..config import AE_FILE, WEIGHTS_FILE, BagelConfig
+from ..errors import BagelCheckpointError, BagelInputError
 from .loading import build_skeleton, load_bagel, load_module_weights
 from .memory import GiB, MemoryEstimate, available_memory, check_fits, estimate_memory
 from .fp8 import Fp8Linear
 from .quantization import (BITSANDBYTES_PRECISIONS, QUANTIZED_PRECISIONS, check_precision, import_bitsandbytes,
                            linear_factory, probe_device, storage_dtype)
-from .quantized_checkpoint import load_prequantized_weights, read_marker
+from .prequantized import load_prequantized_weights, read_marker
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from .errors import BagelCheckpointError, BagelInputError
+from ..errors import BagelCheckpointError, BagelInputError
 from .fp8 import Fp8Linear, fill_fp8_linear, fp8_linear_tensors, is_fp8_linear
 from .quantization import (BITSANDBYTES_PRECISIONS, INT8_OUTLIER_THRESHOLD, QUANTIZED_PRECISIONS, _linear_classes,
                            import_bitsandbytes, is_quantized_linear, storage_dtype)
@@ -212,7 +212,7 @@ def load_prequantized_weights(module: nn.Module, path: Path, device: torch.devic
                               compute_dtype: torch.dtype, fp8_class: type[Fp8Linear] = Fp8Linear) -> nn.Module:
     """Fills a meta-device ``Bagel`` from a pre-quantized weights file (strict: every key used, none missing)."""
     from .loading import _set_submodule
-    from .model.ops import Linear
+    from ..model.ops import Linear
 
     header = read_header(path)
     consumed: set[str] = set()
@@ -268,7 +268,7 @@ def _assign_plain_tensors(leaf: nn.Module, prefix: str, header: dict, reader, de
 def quantize_folder(model_dir: str | Path, out_dir: str | Path, precision: str, device: str = "auto",
                     policy: str = "default") -> Path:
     """Streams ``model_dir`` into ``precision`` on ``device`` and writes the pre-quantized folder ``out_dir``."""
-    from .devices import resolve_device
+    from ..devices import resolve_device
     from .precision_loading import load_with_precision
 
     if precision not in QUANTIZED_PRECISIONS:

@@ -5,8 +5,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import BagelInputError
-from .model.ops import reduces_in_fp32
+from ..errors import BagelInputError
+from ..model.ops import reduces_in_fp32
 
 RENORM_TYPES = ("global", "channel", "text_channel")
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .config import BagelConfig
-from .devices import resolve_batch_cfg
-from .errors import BagelError, BagelInputError
+from ..config import BagelConfig
+from ..devices import resolve_batch_cfg
+from ..errors import BagelError, BagelInputError
 from .param_inventory import TensorSpec, autoencoder_parameter_count, bagel_tensors
 from .quantization import NF4_BLOCKSIZE, PRECISIONS, QUANTIZED_PRECISIONS, check_precision, should_quantize
 

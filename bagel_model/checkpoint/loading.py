@@ -13,10 +13,10 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from .config import AE_FILE, WEIGHTS_FILE, BagelConfig
-from .errors import BagelCheckpointError
-from .model.autoencoder import AutoEncoder
-from .model.bagel import Bagel
+from ..config import AE_FILE, WEIGHTS_FILE, BagelConfig
+from ..errors import BagelCheckpointError
+from ..model.autoencoder import AutoEncoder
+from ..model.bagel import Bagel
 from .safetensors_header import read_header
 
 log = logging.getLogger(__name__)
