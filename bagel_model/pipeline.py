@@ -5,6 +5,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 from PIL import Image
@@ -23,7 +24,7 @@ from .checkpoint.prequantized import save_quantized
 from .model import banded_autoencoder
 from .model.autoencoder import AutoEncoder
 from .model.bagel import Bagel
-from .model.ops import set_compute_dtype
+from .model.ops import TorchOps, set_compute_dtype
 from .generation.runtime import BagelRuntime, ProgressFn
 from .generation.sampler import SamplerSettings
 from .generation.step_cache import StepCacheSettings, resolve_step_cache
@@ -57,7 +58,7 @@ class BagelModule(torch.nn.Module):
 
 class BagelPipeline:
     def __init__(self, model: Bagel, vae: AutoEncoder, tokenizer: Qwen2Tokenizer,
-                 compute_dtype: torch.dtype, source: Path | None = None):
+                 compute_dtype: torch.dtype, source: Path | None = None, device: torch.device | None = None):
         self.model = BagelModule(model, vae)
         self.tokenizer = tokenizer
         self.config = model.config
@@ -65,31 +66,40 @@ class BagelPipeline:
         self.compute_dtype = compute_dtype
         self.source = source
         set_compute_dtype(model, compute_dtype)
-        self.runtime = BagelRuntime(model, vae, self.special, compute_dtype)
+        self.runtime = BagelRuntime(model, vae, self.special, compute_dtype, device)
         self.builder = ConditioningBuilder(self.runtime, tokenizer)
+        # Called with a residency.PHASE_GROUPS key before each phase of a call, so a memory manager can make
+        # that phase's weights resident (the ComfyUI nodes ask ComfyUI to load them).
+        self.phase_hook: Callable[[str], None] | None = None
 
     @classmethod
     def from_pretrained(cls, path: str | Path, precision: str = "bf16", device: str = "auto",
                         compute_dtype: str = "auto", *, available_memory: int | None = None,
-                        check_memory: bool = True) -> "BagelPipeline":
-        """``precision``: bf16, fp16, fp32, nf4, int8, fp8_e4m3fn (see quantization.py) or auto (the best
-        that fits in ``available_memory`` / the free memory of the device, checkpoint/auto_precision.py); a pre-quantized
-        folder loads directly. ``available_memory`` (bytes, None = measured free memory) bounds the fit check."""
+                        check_memory: bool = True, operations=TorchOps,
+                        storage_device: str | torch.device | None = None) -> "BagelPipeline":
+        """``precision``: bf16, fp16, fp32, nf4, int8, fp8_e4m3fn (see checkpoint/quantization.py) or auto (the
+        best that fits in ``available_memory`` / the free memory of the device, checkpoint/auto_precision.py); a
+        pre-quantized folder loads directly. ``available_memory`` (bytes, None = measured free memory) bounds the
+        fit check. ``device`` is where the model computes; ``storage_device`` (default: ``device``) where its
+        weights are kept, for a host application that moves or streams them itself; ``operations`` its layer
+        classes."""
         if not Path(path).is_dir():
             raise BagelCheckpointError(
                 f"Model folder {path} does not exist. Put the BAGEL-7B-MoT files there or pass another folder.")
         target = resolve_device(device)
+        storage = target if storage_device is None else resolve_device(storage_device)
         cdtype = resolve_compute_dtype(compute_dtype, target)
         if precision == AUTO:
             precision = resolve_auto(path, target, cdtype, available_memory).precision
         check_precision(precision)
         start = time.perf_counter()
         tokenizer = Qwen2Tokenizer.from_folder(path)  # cheap: a missing file fails before the big read
-        _, model, vae = load_with_precision(path, precision, target, cdtype, available_bytes=available_memory,
-                                            check_memory=check_memory)
+        _, model, vae = load_with_precision(path, precision, storage, cdtype, available_bytes=available_memory,
+                                            check_memory=check_memory, operations=operations,
+                                            compute_device=target)
         log.info("Loaded %s (%s weights, %s compute, %s) in %.1f s", path, precision, cdtype, target,
                  time.perf_counter() - start)
-        pipe = cls(model, vae, tokenizer, cdtype, Path(path))
+        pipe = cls(model, vae, tokenizer, cdtype, Path(path), device=target)
         pipe.precision = precision
         return pipe
 
@@ -103,6 +113,12 @@ class BagelPipeline:
 
     def to(self, device: str | torch.device) -> "BagelPipeline":
         self.model.to(device)
+        self.runtime.device = torch.device(device)
+        return self
+
+    def compute_on(self, device: str | torch.device) -> "BagelPipeline":
+        """Computes on ``device`` from now on without moving any weight (a memory manager owns them)."""
+        self.runtime.device = torch.device(device)
         return self
 
     # ---- public flows -------------------------------------------------------------------------------
@@ -114,6 +130,7 @@ class BagelPipeline:
         start = time.perf_counter()
         items = self._items(images, prompt, inputs)
         system = VLM_THINK_SYSTEM_PROMPT if think else None
+        self._enter_prefill(items)
         cond = self.builder.build(items, system, use_vae=False, generator=None)
         ids = self._decode(cond, max_new_tokens, do_sample, temperature, seed, callback)
         text = extract_generated_text(self.tokenizer, ids)
@@ -126,6 +143,7 @@ class BagelPipeline:
         """The plan the model writes before generating (no image) or editing (with images)."""
         start = time.perf_counter()
         items = self._items(images, prompt, None)
+        self._enter_prefill(items)
         cond = self.builder.build(items, GEN_THINK_SYSTEM_PROMPT, use_vae=True,
                                   generator=torch.Generator("cpu").manual_seed(seed))
         ids = self._decode(cond, max_think_tokens, do_sample, temperature, seed, callback)
@@ -187,12 +205,20 @@ class BagelPipeline:
             raise BagelInputError("The prompt is empty; write what the model should do.")
         return items
 
+    def _phase(self, name: str) -> None:
+        if self.phase_hook is not None:
+            self.phase_hook(name)
+
+    def _enter_prefill(self, items: list) -> None:
+        self._phase("prefill_images" if any(isinstance(item, Image.Image) for item in items) else "prefill_text")
+
     def _decode(self, cond: Conditioning, max_new_tokens: int, do_sample: bool, temperature: float, seed: int,
                 callback) -> list[int]:
         if max_new_tokens < 1:
             raise BagelInputError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
         if do_sample and temperature <= 0:
             raise BagelInputError(f"temperature must be > 0 when sampling, got {temperature}.")
+        self._phase("decode_text")
         generator = torch.Generator("cpu").manual_seed(seed) if do_sample else None
         return self.runtime.decode_text(cond.gen, max_new_tokens, do_sample, temperature, generator, callback)
 
@@ -207,6 +233,7 @@ class BagelPipeline:
             thinking = None
         generator = torch.Generator("cpu").manual_seed(seed)
         system = GEN_THINK_SYSTEM_PROMPT if (think or thinking is not None) else None
+        self._enter_prefill(items)
         cond = self.builder.build(items, system, use_vae=True, generator=generator)
         token_ids: list[int] = []
         if think and thinking is None:
@@ -214,6 +241,7 @@ class BagelPipeline:
             token_ids = ids[1:]
             thinking = extract_generated_text(self.tokenizer, ids)
         cfg_img = None
+        self._phase("prefill_text")
         if settings.cfg_text_scale > 1.0 and settings.cfg_img_scale > 1.0:
             cfg_img = self.builder.image_cfg_context(cond)
         if thinking is not None:
@@ -229,6 +257,7 @@ class BagelPipeline:
         noise = torch.randn((query.num_tokens, self.config.patch_latent_dim), generator=generator,
                             dtype=torch.float32)
         contexts = [cond.gen, cond.cfg_text] + ([cfg_img] if cfg_img is not None else [])
+        self._phase("denoise")
         batch_cfg = self._choose_batch_cfg(speed["batch_cfg"], query, contexts)
         packed = denoise(self.runtime, settings, query, noise, cond.gen, cond.cfg_text, cfg_img, callback,
                          batch_cfg=batch_cfg, step_cache=speed["step_cache"])
@@ -252,10 +281,10 @@ class BagelPipeline:
         """Autoencoder decode of a (1, 16, H/8, W/8) latent. ``banded`` (None: on CUDA, where memory is
         scarce) runs the full-resolution stages in bands of rows: same image up to float rounding, ~60 % less
         peak memory at 1024² (model/banded_autoencoder.py). Off, it is the official plain fp32 decode."""
+        self._phase("decode_image")
         vae = self.model.vae
-        weight = vae.decoder.conv_in.weight
-        z = latent.to(weight.device, weight.dtype)
-        if weight.device.type == "cuda" if banded is None else banded:
+        z = latent.to(self.device, vae.decoder.conv_in.weight.dtype)
+        if self.device.type == "cuda" if banded is None else banded:
             return to_pil(banded_autoencoder.decode(vae, z))
         return to_pil(vae.decode(z))
 

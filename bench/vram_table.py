@@ -3,7 +3,7 @@ ComfyUI streams per denoising step, and which cards each combination targets. No
 
     python bench/vram_table.py [--cards 8,12,16,24] [--markdown]
 
-From the configs of the real BAGEL-7B-MoT (bagel_model.memory.estimate_memory) and the rule of
+From the configs of the real BAGEL-7B-MoT (bagel_model.checkpoint.memory.estimate_memory) and the rule of
 ``precision="auto"`` (bagel_model.checkpoint.auto_precision): a card of N GiB shows ComfyUI about N - 0.4 GiB; ComfyUI keeps
 0.8 GiB + 0.4 GiB (Linux) free; the call's working memory (KV cache + activation peak) comes first; weights
 fill the rest and whatever does not fit is streamed, i.e. copied to the GPU on every forward (once per step

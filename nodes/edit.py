@@ -70,11 +70,11 @@ class BagelMoTEdit:
         )
         sources = image_batch_to_pil(image, "image")
         references = [] if reference_images is None else image_batch_to_pil(reference_images, "reference_images")
-        pipeline = bagel_model.ready_pipeline()
         progress = NodeProgress(len(sources))
         size = (int(width), int(height)) if output_size == "custom" else None
         edited = []
         for index, source in enumerate(sources):
+            pipeline = bagel_model.ready_pipeline("edit", *(size or source.size), input_size=source.size)
             result = pipeline.edit_image(
                 [*references, source], instruction, thinking=plan_or_none(thinking), output_size=size,
                 seed=seed, callback=progress.callback(index), **core_sampler_kwargs(sampler),

@@ -2,9 +2,15 @@
 import importlib.util
 import logging
 
+import torch
+
 import comfy.model_management as mm
 
+from bagel_model.devices import resolve_compute_dtype
+from bagel_model.checkpoint.quantization import storage_dtype
+
 from . import model_folders
+from .comfy_ops import bagel_operations
 from .download import download_checkpoint
 from .memory_check import check_fits
 from .model_handle import MODEL_TYPE, BagelMoTModel
@@ -15,6 +21,8 @@ logger = logging.getLogger(__name__)
 # New choices are appended (saved workflows store the value, not the index, but the order is what users see).
 PRECISIONS = ("bf16", "fp16", "fp32", "nf4", "int8", "fp8_e4m3fn", AUTO)
 QUANTIZED = ("nf4", "int8")  # need bitsandbytes
+QUANTIZE_ROOM_BYTES = 2 * 1024 ** 3  # bitsandbytes quantizes one Linear on the GPU: weight + fp16 copy + result
+_DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 
 
 def _precision_problem(precision) -> str | None:
@@ -85,18 +93,22 @@ class BagelMoTModelLoader:
         path = model_folders.find_model_folder(model_folder)
         if path is None:
             path = download_checkpoint(model_folders.download_target_dir())
-        precision, choice = resolve_precision(path, model_folder, precision)
-        weight_bytes, working_bytes = check_fits(path, model_folder, precision,
-                                                 allow_streaming=choice is not None and choice.streams)
-        device = mm.get_torch_device()
-        logger.info("Loading BAGEL checkpoint %s in %s to %s.", path, precision, device)
-        # Stream the weights straight to ComfyUI's device (after it makes room), so a 29 GB checkpoint never
-        # has to sit in system RAM; ModelPatcher offloads them later when other models need the memory.
-        # check_fits above already applied the memory rule for this device.
-        mm.free_memory(weight_bytes + working_bytes, device)
-        pipeline = BagelPipeline.from_pretrained(path, precision=precision, device=str(device),
-                                                 check_memory=False)
-        return (BagelMoTModel(pipeline, model_folder, precision, working_bytes, weight_bytes),)
+        precision, _ = resolve_precision(path, model_folder, precision)
+        check_fits(path, model_folder, precision)
+        device, offload_device = mm.get_torch_device(), mm.unet_offload_device()
+        compute_dtype = resolve_compute_dtype("auto", device)
+        logger.info("Loading BAGEL checkpoint %s in %s onto %s (computing on %s).", path, precision,
+                    offload_device, device)
+        # ComfyUI owns the memory: the weights are kept on its offload device and its patchers move or stream
+        # them to the GPU when a BAGEL node runs (model_handle.py). Only NF4/INT8 quantization touches the
+        # GPU during the load, one Linear at a time, after asking ComfyUI for room.
+        if precision in QUANTIZED and device.type != "cpu":
+            mm.free_memory(QUANTIZE_ROOM_BYTES, device)
+        pipeline = BagelPipeline.from_pretrained(
+            path, precision=precision, device=str(device), storage_device=str(offload_device),
+            compute_dtype=_DTYPE_NAMES[compute_dtype], check_memory=False,
+            operations=bagel_operations(storage_dtype(precision), compute_dtype))
+        return (BagelMoTModel(pipeline, model_folder, precision),)
 
 
 NODE_CLASS_MAPPINGS = {"BagelMoTModelLoader": BagelMoTModelLoader}

@@ -1,54 +1,56 @@
 """Memory estimate for a checkpoint + precision, logged at load and used to refuse early.
 
-The load is refused only when even a 512x512 text-to-image run cannot fit on ComfyUI's device (the core
-loader's rule); when 1024x1024 will not fit, a warning says so. ComfyUI can unload other models, so the bound
-is the device's total memory, not what happens to be free right now.
+ComfyUI streams whatever part of the weights does not fit on its device (every BAGEL layer is a cast op), so
+the device only has to hold the working memory of a call (KV caches, activations, one streamed layer) next
+to ComfyUI's reserve; the weights themselves must fit in the offload device's memory (host RAM). The load is
+refused only when even a 512x512 text-to-image run cannot work; a log line says how much of the model is
+expected to stream at 1024x1024. ComfyUI can unload other models, so the bound is the device's total
+memory, not what happens to be free right now.
 """
 import logging
 
 import comfy.model_management as mm
+
+from bagel_model.config import BagelConfig
+from bagel_model.checkpoint.memory import estimate_memory
+from bagel_model.residency import COMFY_MIN_INFERENCE, COMFY_RESERVE
 
 logger = logging.getLogger(__name__)
 
 GIB = 1024 ** 3
 
 
-def _estimate(folder_path: str, precision: str, device, side: int):
-    from bagel_model.config import BagelConfig
-    from bagel_model.checkpoint.memory import estimate_memory
-
-    return estimate_memory(BagelConfig.from_folder(folder_path), precision, width=side, height=side,
-                           device=str(device))
+def _estimate(config, precision: str, device, side: int):
+    return estimate_memory(config, precision, width=side, height=side, device=str(device))
 
 
-def check_fits(folder_path: str, folder_name: str, precision: str,
-               allow_streaming: bool = False) -> tuple[int, int]:
-    """Logs the estimate; raises ValueError with numbers when it cannot fit on ComfyUI's device.
+def _working(estimate) -> int:
+    return max(estimate.kv_cache_bytes + estimate.activation_bytes, COMFY_MIN_INFERENCE) + COMFY_RESERVE
 
-    ``allow_streaming``: the weights that do not fit are streamed by ComfyUI (the ``auto`` precision chose it
-    so), so only the log is written. Returns (weight_bytes, working_bytes) for the ModelPatcher and
-    load_models_gpu.
-    """
-    device = mm.get_torch_device()
-    large = _estimate(folder_path, precision, device, 1024)
-    estimate = _estimate(folder_path, precision, device, 512)
-    capacity = int(mm.get_total_memory(device))
+
+def check_fits(folder_path: str, folder_name: str, precision: str) -> tuple[int, int]:
+    """Logs the estimate; raises ValueError with numbers when it cannot work on ComfyUI's devices.
+
+    Returns (weight_bytes, working_bytes of a 1024x1024 text-to-image call)."""
+    config = BagelConfig.from_folder(folder_path)
+    device, offload = mm.get_torch_device(), mm.unet_offload_device()
+    large, small = _estimate(config, precision, device, 1024), _estimate(config, precision, device, 512)
+    capacity, host = int(mm.get_total_memory(device)), int(mm.get_total_memory(offload))
     logger.info("BAGEL '%s': %s; %s has %.1f GiB in total.", folder_name, large.summary(), device,
                 capacity / GIB)
-    if allow_streaming:
-        return large.weights_bytes, large.total_bytes - large.weights_bytes
-    if large.total_bytes > capacity >= estimate.total_bytes:
-        logger.warning("BAGEL '%s' in %s needs about %.1f GiB for 1024x1024 but %s has %.1f GiB: use "
-                       "smaller images or another precision.", folder_name, precision,
-                       large.total_bytes / GIB, device, capacity / GIB)
-    if estimate.total_bytes > capacity:
-        fitting = [f"{other} (~{total / GIB:.1f} GiB)" for other, total in estimate.total_by_precision.items()
-                   if other != precision and total <= capacity]
-        advice = ("Choose a precision that fits: " + ", ".join(fitting) + ".") if fitting else (
-            "No precision fits this device; use a machine with more memory.")
+    if _working(small) > capacity:
         raise ValueError(
-            f"BAGEL '{folder_name}' in {precision} needs about {estimate.total_bytes / GIB:.1f} GiB even for a "
-            f"512x512 image ({estimate.weights_bytes / GIB:.1f} GiB weights), but {device} has "
-            f"{capacity / GIB:.1f} GiB in total. {advice}"
-        )
-    return large.weights_bytes, min(large.total_bytes, capacity) - large.weights_bytes
+            f"BAGEL '{folder_name}' in {precision} needs about {_working(small) / GIB:.1f} GiB of working memory "
+            f"even for a 512x512 image (weights {small.weights_bytes / GIB:.1f} GiB can stream), but {device} "
+            f"has {capacity / GIB:.1f} GiB in total. Use a device with more memory.")
+    if large.weights_bytes > host:
+        raise ValueError(
+            f"BAGEL '{folder_name}' in {precision} keeps {large.weights_bytes / GIB:.1f} GiB of weights in "
+            f"{offload} memory, which has {host / GIB:.1f} GiB in total. Choose a smaller precision (nf4 or "
+            "int8) or a machine with more RAM.")
+    spare = capacity - _working(large)
+    if large.weights_bytes > spare:
+        logger.info("BAGEL '%s' in %s: about %.1f GiB of the %.1f GiB of weights will not fit next to a "
+                    "1024x1024 call on %s; ComfyUI streams them from %s (estimated).", folder_name, precision,
+                    (large.weights_bytes - max(spare, 0)) / GIB, large.weights_bytes / GIB, device, offload)
+    return large.weights_bytes, _working(large)

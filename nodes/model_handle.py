@@ -1,8 +1,14 @@
 """The object that travels along BAGEL_MOT_MODEL links.
 
-It pairs the core `BagelPipeline` with a `comfy.model_patcher.ModelPatcher`, so ComfyUI's memory
-manager loads the weights onto its device before each use, offloads them when other models need
-the memory, and drops them on "Free model and node cache".
+It pairs the core `BagelPipeline` with ComfyUI model patchers, one per weight group of BAGEL
+(bagel_model/residency.py: gen expert, und expert + embeddings + lm_head, ViT, autoencoder), so ComfyUI's
+memory manager owns every weight: the model is built on the offload device and nothing moves to the GPU
+except through ComfyUI. Before each phase of a call the pipeline's phase hook asks ComfyUI to load that
+phase's groups (`load_models_gpu`) with the working memory of this call (its mode and image sizes, from the
+core's memory estimate); ComfyUI then keeps as much of them resident as fits and streams the rest per
+forward (every layer is a cast op, nodes/comfy_ops.py). During denoising only the gen expert is requested:
+ComfyUI frees room for it by offloading the und expert first, which then serves the image-marker rows
+from wherever it is. "Free model and node cache" and eviction by other models offload every group.
 """
 import logging
 
@@ -11,49 +17,78 @@ import torch
 import comfy.model_management as mm
 import comfy.model_patcher
 
+from bagel_model.checkpoint.memory import estimate_memory
+from bagel_model.residency import GROUPS, PHASE_GROUPS, weight_groups
+
 logger = logging.getLogger(__name__)
 
 MODEL_TYPE = "BAGEL_MOT_MODEL"
 
+# Newer ComfyUI builds its own models with CoreModelPatcher (Dynamic VRAM when enabled); 0.3.64 has ModelPatcher.
+PATCHER_CLASS = getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)
 
-class _PatcherRoot(torch.nn.Module):
-    """Root module handed to ModelPatcher.
 
-    ModelPatcher writes bookkeeping attributes (device, model_loaded_weight_memory, ...) onto the
-    module it manages; a root of our own keeps them off the core's modules.
-    """
+class WeightGroup(torch.nn.Module):
+    """Root module of one patcher: the group's layers (shared with the core model, not copied).
 
-    def __init__(self, weights: torch.nn.Module):
+    ModelPatcher writes bookkeeping attributes (device, model_loaded_weight_memory, ...) onto the module it
+    manages; a root of our own keeps them off the core's modules."""
+
+    def __init__(self, name: str, layers: list[tuple[str, torch.nn.Module]]):
         super().__init__()
-        self.weights = weights
+        self.group = name
+        self.layers = torch.nn.ModuleDict({qualified.replace(".", "/"): layer for qualified, layer in layers})
+
+
+def _largest_layer_bytes(groups: dict) -> int:
+    return max(sum(t.numel() * t.element_size() for t in layer.state_dict().values())
+               for layers in groups.values() for _, layer in layers)
 
 
 class BagelMoTModel:
     """A loaded BAGEL checkpoint as ComfyUI sees it."""
 
-    def __init__(self, pipeline, folder: str, precision: str, working_memory_bytes: int = 0,
-                 weight_bytes: int = 0):
+    def __init__(self, pipeline, folder: str, precision: str):
         self.pipeline = pipeline
         self.folder = folder
         self.precision = precision
-        # Activations/KV cache the run needs on top of the weights; passed to ComfyUI so it frees
-        # that much before loading (0 = ComfyUI's own minimum).
-        self.working_memory_bytes = int(working_memory_bytes)
-        self.patcher = comfy.model_patcher.ModelPatcher(
-            _PatcherRoot(pipeline.model),
-            load_device=mm.get_torch_device(),
-            offload_device=mm.unet_offload_device(),
-            size=int(weight_bytes),
-        )
+        groups = weight_groups(pipeline.model.bagel, pipeline.model.vae)
+        load_device, offload_device = mm.get_torch_device(), mm.unet_offload_device()
+        self.patchers = {name: PATCHER_CLASS(WeightGroup(name, groups[name]), load_device=load_device,
+                                             offload_device=offload_device) for name in GROUPS}
+        # A layer of a group that is not loaded is copied to the GPU for each forward: room for one.
+        self.stream_bytes = _largest_layer_bytes(groups)
+        self.working_memory_bytes = 0
+        pipeline.compute_on(load_device)
+        pipeline.phase_hook = self.load_phase
 
-    def ready_pipeline(self):
-        """Loads the weights onto ComfyUI's device (offloading others) and returns the pipeline.
+    @property
+    def patcher(self):
+        """The und-expert patcher (text and understanding), the group every call uses."""
+        return self.patchers["und"]
 
-        force_full_load: BAGEL uses plain torch layers, which ComfyUI cannot stream partially.
-        """
-        mm.load_models_gpu([self.patcher], memory_required=self.working_memory_bytes,
-                           force_full_load=True)
+    def working_memory(self, task: str, width: int = 1024, height: int = 1024, input_size=None,
+                       generated_tokens: int = 0) -> int:
+        """KV caches + activation peak of one ``task`` call (core estimate) + one streamed layer."""
+        pipe = self.pipeline
+        estimate = estimate_memory(pipe.config, self.precision, task, width, height, input_size,
+                                   device=str(pipe.device), compute_dtype=pipe.compute_dtype,
+                                   generated_tokens=generated_tokens, _with_alternatives=False)
+        return estimate.kv_cache_bytes + estimate.activation_bytes + self.stream_bytes
+
+    def ready_pipeline(self, task: str = "t2i", width: int = 1024, height: int = 1024, input_size=None,
+                       generated_tokens: int = 0):
+        """Records the working memory of the coming call and returns the pipeline; its phases load the
+        weights they use through ComfyUI (``load_phase``)."""
+        self.working_memory_bytes = self.working_memory(task, width, height, input_size, generated_tokens)
         return self.pipeline
+
+    def load_phase(self, phase: str) -> None:
+        """Asks ComfyUI to make the groups of ``phase`` resident (as much as fits next to the working memory)."""
+        patchers = [self.patchers[name] for name in PHASE_GROUPS[phase]]
+        logger.debug("BAGEL phase %s: loading %s with %.2f GiB working memory", phase, PHASE_GROUPS[phase],
+                     self.working_memory_bytes / 1024 ** 3)
+        mm.load_models_gpu(patchers, memory_required=self.working_memory_bytes)
 
     def __repr__(self) -> str:
         return f"BagelMoTModel(folder={self.folder!r}, precision={self.precision!r})"

@@ -52,10 +52,11 @@ class BagelMoTUnderstand:
     def understand(self, bagel_model, image, question, max_new_tokens, do_sample, temperature, seed, think):
         raise_if_problem(text_problem("question", question))
         pictures = image_batch_to_pil(image, "image")
-        pipeline = bagel_model.ready_pipeline()
         progress = NodeProgress(len(pictures))
         answers, thoughts = [], []
         for index, picture in enumerate(pictures):
+            pipeline = bagel_model.ready_pipeline("understand", input_size=picture.size,
+                                                  generated_tokens=max_new_tokens)
             result = pipeline.understand(
                 [picture], question, think=think, max_new_tokens=max_new_tokens, do_sample=do_sample,
                 temperature=temperature, seed=seed, callback=progress.callback(index),
@@ -112,7 +113,8 @@ class BagelMoTThink:
             images = references + image_batch_to_pil(image, "image")
         elif reference_images is not None:
             raise ValueError("'reference_images' needs 'image' too: connect the image to edit.")
-        pipeline = bagel_model.ready_pipeline()
+        input_size = images[-1].size if images else None
+        pipeline = bagel_model.ready_pipeline("think", input_size=input_size, generated_tokens=max_think_tokens)
         result = pipeline.think(
             prompt, images=images, max_think_tokens=max_think_tokens, do_sample=do_sample,
             temperature=temperature, seed=seed, callback=NodeProgress(1).callback(0),

@@ -43,7 +43,7 @@ class BagelMoTTextToImage:
             *prompt_and_interval_problems("prompt", prompt, sampler["cfg_interval_start"],
                                           sampler["cfg_interval_end"]),
         )
-        pipeline = bagel_model.ready_pipeline()
+        pipeline = bagel_model.ready_pipeline("t2i", width, height)
         progress = NodeProgress(batch_size)
         pictures = []
         for index in range(batch_size):

@@ -37,16 +37,17 @@ import torch
 
 from ..config import BagelConfig
 from .memory import GiB, available_memory, estimate_memory
-from .quantization import BITSANDBYTES_PRECISIONS
+from .quantization import BITSANDBYTES_PRECISIONS, PRECISIONS
 from .prequantized import read_marker
 
 log = logging.getLogger(__name__)
 
 AUTO = "auto"
 AUTO_ORDER = ("bf16", "fp8_e4m3fn", "int8", "nf4")
-# Precisions whose layers a memory manager can keep on the host and stream (cast at use). bitsandbytes'
-# layers are listed only where the host's integration makes them movable (the nodes pass their own set).
-STREAMABLE = frozenset({"bf16", "fp16", "fp32", "fp8_e4m3fn"})
+# Precisions whose layers a memory manager can keep on the host and stream: every layer of the core casts at
+# use (model/ops.py, fp8.py, the NF4/INT8 Linears of quantization.py); a host that cannot stream some passes
+# its own set.
+STREAMABLE = frozenset(PRECISIONS)
 MAX_STREAMED_FRACTION = 0.5
 REFERENCE_CALL = {"task": "t2i", "width": 1024, "height": 1024}
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..model.ops import CastAtUse
+
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = float(torch.finfo(FP8_DTYPE).max)  # 448
 # Rows quantized at once: the fp32 temporaries stay ~4 M values (16 MB) whatever the weight's size.
@@ -54,9 +56,10 @@ def dequantize_fp8(weight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype
     return values.mul_(scale.to(device=device, dtype=dtype))
 
 
-class Fp8Linear(nn.Module):
+class Fp8Linear(CastAtUse, nn.Module):
     """Linear with an fp8 weight and a per-tensor scale; the ``ops.Linear`` contract (input cast to
-    ``compute_dtype``, output in it) and a cast at use to the input's device."""
+    ``compute_dtype``, output in it) and a cast at use to the input's device (``ops.CastAtUse``: a host
+    application may route ``cast_weights`` through its own transfer code; the scale is applied after it)."""
 
     compute_dtype: torch.dtype = torch.float32
 
@@ -69,21 +72,14 @@ class Fp8Linear(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_features, dtype=torch.bfloat16, device=device),
                                  requires_grad=False) if bias else None
 
-    def cast_weights(self, x: torch.Tensor, dtype: torch.dtype | None = None,
-                     bias_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The stored weight and bias moved to ``x``'s device and converted to ``dtype`` (the scale is not
-        applied here: a host application may replace this method with its own transfer code)."""
-        weight = self.weight.to(device=x.device, dtype=dtype)
-        bias = None if self.bias is None else self.bias.to(device=x.device, dtype=bias_dtype or dtype)
-        return weight, bias
-
     def scaled_weights(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Weight ``* scale_weight`` and bias in the compute dtype on ``x``'s device, for this one call."""
         dtype = self.compute_dtype
         weight, bias = self.cast_weights(x, dtype)
-        scale = self.scale_weight.to(device=x.device, dtype=dtype)
+        scale = self.stored("scale_weight").to(device=x.device, dtype=dtype)
         # The fp8 -> compute-dtype conversion made a new tensor: scale it in place (one temporary, not two).
-        weight = weight.mul_(scale) if weight.data_ptr() != self.weight.data_ptr() else weight * scale
+        stored = self.stored("weight")
+        weight = weight.mul_(scale) if weight.data_ptr() != stored.data_ptr() else weight * scale
         return weight, bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

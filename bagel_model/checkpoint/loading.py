@@ -17,6 +17,7 @@ from ..config import AE_FILE, WEIGHTS_FILE, BagelConfig
 from ..errors import BagelCheckpointError
 from ..model.autoencoder import AutoEncoder
 from ..model.bagel import Bagel
+from ..model.ops import TorchOps
 from .safetensors_header import read_header
 
 log = logging.getLogger(__name__)
@@ -25,10 +26,11 @@ log = logging.getLogger(__name__)
 LinearFactory = Callable[[str, nn.Module, dict], "nn.Module | None"]
 
 
-def build_skeleton(config: BagelConfig) -> tuple[Bagel, AutoEncoder]:
-    """Both modules with every parameter on the meta device (no memory, no random init)."""
+def build_skeleton(config: BagelConfig, operations=TorchOps) -> tuple[Bagel, AutoEncoder]:
+    """Both modules with every parameter on the meta device (no memory, no random init), their layers taken
+    from the ``operations`` namespace."""
     with torch.device("meta"):
-        return Bagel(config), AutoEncoder(config.ae)
+        return Bagel(config, operations), AutoEncoder(config.ae, operations)
 
 
 def check_keys(module: nn.Module, header: dict, path: Path) -> None:
@@ -118,14 +120,15 @@ def required_files(folder: Path) -> None:
 
 
 def load_bagel(folder: str | Path, device: torch.device, dtype: torch.dtype,
-               linear_factory: LinearFactory | None = None) -> tuple[BagelConfig, Bagel, AutoEncoder]:
+               linear_factory: LinearFactory | None = None,
+               operations=TorchOps) -> tuple[BagelConfig, Bagel, AutoEncoder]:
     """Builds and strictly loads the model and the autoencoder (kept in fp32, as the official app does)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise BagelCheckpointError(f"Model folder {folder} does not exist.")
     config = BagelConfig.from_folder(folder)
     required_files(folder)
-    model, vae = build_skeleton(config)
+    model, vae = build_skeleton(config, operations)
     log.info("Loading %s to %s as %s", folder / WEIGHTS_FILE, device, dtype)
     load_module_weights(model, folder / WEIGHTS_FILE, device, dtype, linear_factory)
     load_module_weights(vae, folder / AE_FILE, device, torch.float32)

@@ -73,16 +73,24 @@ def weight_bytes(config: BagelConfig, precision: str, policy: str = "default",
     in fp32, i.e. 4).
     """
     check_precision(precision)
-    other = other_dtype_bytes or _DTYPE_BYTES[precision]
     quantized = full = quantized_params = 0
     for spec in bagel_tensors(config):
+        stored = tensor_bytes(spec, precision, policy, other_dtype_bytes)
         if spec.is_linear_weight and should_quantize(spec.linear, precision, policy):
-            quantized += _quantized_linear_bytes(spec, precision)
+            quantized += stored
             quantized_params += spec.numel
         else:
-            full += spec.numel * other
+            full += stored
     return {"quantized": quantized, "full_precision": full, "total": quantized + full,
             "quantized_params": quantized_params}
+
+
+def tensor_bytes(spec: TensorSpec, precision: str, policy: str = "default",
+                 other_dtype_bytes: int | None = None) -> int:
+    """Resident bytes of one ``Bagel`` tensor in ``precision`` (a quantized weight with its statistics)."""
+    if spec.is_linear_weight and should_quantize(spec.linear, precision, policy):
+        return _quantized_linear_bytes(spec, precision)
+    return spec.numel * (other_dtype_bytes or _DTYPE_BYTES[precision])
 
 
 def official_weight_bytes(config: BagelConfig, precision: str) -> int:

@@ -16,9 +16,9 @@ import torch
 
 from ..config import AE_FILE, WEIGHTS_FILE, BagelConfig
 from ..errors import BagelCheckpointError, BagelInputError
+from ..model.ops import TorchOps
 from .loading import build_skeleton, load_bagel, load_module_weights
 from .memory import GiB, MemoryEstimate, available_memory, check_fits, estimate_memory
-from .fp8 import Fp8Linear
 from .quantization import (BITSANDBYTES_PRECISIONS, QUANTIZED_PRECISIONS, check_precision, import_bitsandbytes,
                            linear_factory, probe_device, storage_dtype)
 from .prequantized import load_prequantized_weights, read_marker
@@ -71,10 +71,16 @@ def _check_memory(config: BagelConfig, precision: str, device: torch.device, com
 
 def load_with_precision(folder: str | Path, precision: str, device: torch.device, compute_dtype: torch.dtype,
                         *, policy: str = "default", available_bytes: int | None = None,
-                        check_memory: bool = True, fp8_class: type[Fp8Linear] = Fp8Linear):
+                        check_memory: bool = True, operations=TorchOps,
+                        compute_device: torch.device | None = None):
     """Returns ``(config, bagel, autoencoder)`` loaded on ``device`` in ``precision``.
 
-    ``fp8_class``: the layer class of ``fp8_e4m3fn`` Linears (the ComfyUI nodes pass a castable subclass).
+    ``operations``: the layer namespace the model is built with (see model/ops.py; fp8 Linears are
+    ``operations.castable(Fp8Linear)``). ``compute_device``: the device the model will compute on when it
+    differs from the one that stores it (``device``: e.g. the host, for a memory manager that streams or moves
+    the weights itself). The bitsandbytes probe, the memory check and the bitsandbytes quantization itself (one
+    Linear at a time) run there.
+
     ``available_bytes`` is the memory budget for the fit check (None: measured free memory of ``device``);
     the load is refused when even a 512x512 text-to-image call would not fit. ``check_memory=False`` skips
     the refusal (the plan is still logged).
@@ -84,27 +90,30 @@ def load_with_precision(folder: str | Path, precision: str, device: torch.device
     if not folder.is_dir():
         raise BagelCheckpointError(f"Model folder {folder} does not exist.")
     marker = _check_folder_precision(folder, precision)
+    compute_device = compute_device or device
     if precision in BITSANDBYTES_PRECISIONS:
         import_bitsandbytes(precision)
-        probe_device(precision, device, compute_dtype)
+        probe_device(precision, compute_device, compute_dtype)
     config = BagelConfig.from_folder(folder)
     policy = policy if marker is None else marker.get("policy", policy)
-    estimate = estimate_memory(config, precision, device=str(device), compute_dtype=compute_dtype, policy=policy)
+    estimate = estimate_memory(config, precision, device=str(compute_device), compute_dtype=compute_dtype,
+                               policy=policy)
     source = folder / (marker["weights_file"] if marker else WEIGHTS_FILE)
     _log_plan(folder, precision, device, estimate, source)
     if check_memory:
-        _check_memory(config, precision, device, compute_dtype, policy, estimate, available_bytes)
+        _check_memory(config, precision, compute_device, compute_dtype, policy, estimate, available_bytes)
     start = time.perf_counter()
     if marker is None:
-        factory = (linear_factory(precision, compute_dtype, policy, fp8_class)
+        factory = (linear_factory(precision, compute_dtype, policy, operations=operations,
+                                  quantize_device=compute_device)
                    if precision in QUANTIZED_PRECISIONS else None)
-        config, model, vae = load_bagel(folder, device, storage_dtype(precision), factory)
+        config, model, vae = load_bagel(folder, device, storage_dtype(precision), factory, operations)
     else:
         if not (folder / AE_FILE).is_file():
             raise BagelCheckpointError(f"{AE_FILE} is missing in the pre-quantized folder {folder}; copy it "
                                        f"from the original BAGEL folder.")
-        model, vae = build_skeleton(config)
-        load_prequantized_weights(model, source, device, precision, compute_dtype, fp8_class)
+        model, vae = build_skeleton(config, operations)
+        load_prequantized_weights(model, source, device, precision, compute_dtype, operations)
         load_module_weights(vae, folder / AE_FILE, device, torch.float32)
         model, vae = model.eval(), vae.eval()
     _return_freed_heap_to_os()

@@ -25,9 +25,10 @@ from safetensors import safe_open
 from torch import nn
 
 from ..errors import BagelCheckpointError, BagelInputError
+from ..model.ops import Linear, TorchOps
 from .fp8 import Fp8Linear, fill_fp8_linear, fp8_linear_tensors, is_fp8_linear
-from .quantization import (BITSANDBYTES_PRECISIONS, INT8_OUTLIER_THRESHOLD, QUANTIZED_PRECISIONS, _linear_classes,
-                           import_bitsandbytes, is_quantized_linear, storage_dtype)
+from .quantization import (BITSANDBYTES_PRECISIONS, INT8_OUTLIER_THRESHOLD, NF4_BLOCKSIZE, QUANTIZED_PRECISIONS,
+                           _linear_classes, import_bitsandbytes, is_quantized_linear, storage_dtype)
 from .safetensors_header import read_header
 from .safetensors_writer import write_safetensors
 
@@ -81,16 +82,13 @@ def quantized_linear_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
         return fp8_linear_tensors(module)
     _, nf4_cls, int8_cls = _linear_classes()
     if isinstance(module, nf4_cls):
-        state = module.weight.quant_state
-        if getattr(state, "packing_format_for_cpu", False):
-            raise BagelInputError("An NF4 Linear was repacked for the CPU kernel; it cannot be saved exactly.")
+        state = module.quant_state()
         tensors = {"weight": module.weight.data}
         for key, value in state.as_dict(packed=True).items():
             # Every layer shares one quant_map tensor; safetensors needs each entry to own its storage.
             tensors["weight." + key] = value.clone()
     elif isinstance(module, int8_cls):
-        scb = module.weight.SCB if module.weight.SCB is not None else module.state.SCB
-        tensors = {"weight": module.weight.data, "SCB": scb}
+        tensors = {"weight": module.weight.data, "SCB": module.SCB}
     else:
         raise TypeError(f"{type(module).__name__} is not a quantized Linear.")
     if module.bias is not None:
@@ -99,31 +97,35 @@ def quantized_linear_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def quantized_linear_from_tensors(name: str, tensors: dict[str, torch.Tensor], device: torch.device,
-                                  compute_dtype: torch.dtype, fp8_class: type[Fp8Linear] = Fp8Linear) -> nn.Module:
-    """Rebuilds a quantized Linear from ``quantized_linear_tensors`` output, on ``device``."""
+                                  compute_dtype: torch.dtype, operations=TorchOps) -> nn.Module:
+    """Rebuilds a quantized Linear from ``quantized_linear_tensors`` output, on ``device``; its class is
+    ``operations.castable`` of ours."""
     bias = tensors.get("bias")
     if "scale_weight" in tensors:
         out_features, in_features = tensors["weight"].shape
-        module = fp8_class(in_features, out_features, bias=bias is not None, device="meta")
+        module = operations.castable(Fp8Linear)(in_features, out_features, bias=bias is not None, device="meta")
         module.compute_dtype = compute_dtype
         return fill_fp8_linear(module, tensors["weight"].to(device), tensors["scale_weight"].to(device),
                                None if bias is None else bias.to(device))
     bnb, nf4_cls, int8_cls = _linear_classes()
     if _NF4_STATE_KEY in tensors:
         shape = _nf4_shape(tensors)
-        module = nf4_cls(shape[1], shape[0], bias=False, compute_dtype=compute_dtype,
-                         compress_statistics=False, quant_type="nf4", device="meta")
-        stats = {k: v for k, v in tensors.items() if k.startswith("weight.")}
-        module.weight = bnb.nn.Params4bit.from_prequantized(tensors["weight"], stats, device=device,
-                                                            module=module)
+        stats = {k[len("weight."):]: v for k, v in tensors.items() if k.startswith("weight.")}
+        state = bnb.functional.QuantState.from_dict(qs_dict=stats, device=device)
+        if state.nested or state.quant_type != "nf4" or state.blocksize != NF4_BLOCKSIZE:
+            raise BagelCheckpointError(f"{name} holds a {state.quant_type} state with blocks of {state.blocksize}"
+                                       f"{' (nested)' if state.nested else ''}; this version reads NF4 blocks of "
+                                       f"{NF4_BLOCKSIZE}. Quantize the original folder again.")
+        module = operations.castable(nf4_cls)(shape[1], shape[0], state.dtype, "meta")
+        module.compute_dtype = compute_dtype
+        module.weight = nn.Parameter(tensors["weight"].to(device), requires_grad=False)
+        module.absmax, module.quant_map = state.absmax, state.code
     elif "SCB" in tensors:
         out_features, in_features = tensors["weight"].shape
-        module = int8_cls(in_features, out_features, bias=False, has_fp16_weights=False,
-                          threshold=INT8_OUTLIER_THRESHOLD, device="meta")
+        module = operations.castable(int8_cls)(in_features, out_features, INT8_OUTLIER_THRESHOLD, "meta")
         module.compute_dtype = compute_dtype
-        data = tensors["weight"].to(device)
-        module.weight = bnb.nn.Int8Params(data, requires_grad=False, has_fp16_weights=False, CB=data,
-                                          SCB=tensors["SCB"].to(device))
+        module.weight = nn.Parameter(tensors["weight"].to(device), requires_grad=False)
+        module.SCB = tensors["SCB"].to(device)
     else:
         raise BagelCheckpointError(f"{name} has neither NF4, INT8 nor FP8 quantization tensors.")
     module.bias = None if bias is None else nn.Parameter(bias.to(device), requires_grad=False)
@@ -209,10 +211,9 @@ _QUANTIZED_MARKS = ("SCB", "scale_weight", _NF4_STATE_KEY)  # a Linear stored wi
 
 
 def load_prequantized_weights(module: nn.Module, path: Path, device: torch.device, precision: str,
-                              compute_dtype: torch.dtype, fp8_class: type[Fp8Linear] = Fp8Linear) -> nn.Module:
+                              compute_dtype: torch.dtype, operations=TorchOps) -> nn.Module:
     """Fills a meta-device ``Bagel`` from a pre-quantized weights file (strict: every key used, none missing)."""
     from .loading import _set_submodule
-    from ..model.ops import Linear
 
     header = read_header(path)
     consumed: set[str] = set()
@@ -224,7 +225,7 @@ def load_prequantized_weights(module: nn.Module, path: Path, device: torch.devic
                     keys = [prefix + s for s in _QUANTIZED_SUFFIXES if prefix + s in header]
                     tensors = {k[len(prefix):]: reader.get_tensor(k) for k in keys}
                     _set_submodule(module, name, quantized_linear_from_tensors(name, tensors, device,
-                                                                               compute_dtype, fp8_class))
+                                                                               compute_dtype, operations))
                     consumed.update(keys)
                     continue
                 _assign_plain_tensors(leaf, prefix, header, reader, device, storage_dtype(precision), path)

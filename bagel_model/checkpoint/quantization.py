@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import BagelInputError
+from ..model.ops import Linear, TorchOps
 from .fp8 import Fp8Linear, is_fp8_linear, make_fp8_linear
 
 log = logging.getLogger(__name__)
@@ -128,39 +129,80 @@ def import_bitsandbytes(precision: str):
     return bitsandbytes
 
 
+def _on(tensor: torch.Tensor | None, device: torch.device, dtype: torch.dtype | None = None):
+    return None if tensor is None else tensor.to(device=device, dtype=dtype)
+
+
 @functools.lru_cache(maxsize=None)
 def _linear_classes():
-    """The two quantized Linear classes, defined once bitsandbytes is importable."""
+    """The two quantized Linear classes, defined once bitsandbytes is importable.
+
+    Both keep every tensor they need as a parameter or buffer of their own (NF4: packed weight, block scales,
+    code; INT8: int8 weight and ``SCB`` row scales), so ``module.to(device)`` moves all of their memory (the
+    bitsandbytes modules keep some in side objects), and both read those tensors on the input's device per call:
+    a memory manager can leave them on the host and they are copied for that call (the ops.CastAtUse
+    contract; host applications add their streaming marker through ``operations.castable``).
+    """
     bnb = import_bitsandbytes("nf4")
 
-    class NF4Linear(bnb.nn.Linear4bit):
-        """Linear4bit honouring the ops.Linear contract: input cast to ``compute_dtype``, output in it.
+    class NF4Linear(nn.Module):
+        """NF4 Linear (bitsandbytes' ``matmul_4bit``, blocks of ``NF4_BLOCKSIZE``) with the ops.Linear contract:
+        input cast to ``compute_dtype``, output in it. The packed weight, the block scales (``absmax``) and the
+        16-value code (``quant_map``) are plain tensors of the module; the ``QuantState`` is built per call.
 
-        The forward calls ``matmul_4bit`` directly because ``Linear4bit.forward`` repacks the weight for
-        AVX512-BF16 CPUs on first use (rounding absmax to bf16 and computing in bf16 whatever the compute
-        dtype) and converts the stored bias in place; both would make a saved model differ from the
-        loaded one.
+        Not ``Linear4bit``: its forward repacks the weight for AVX512-BF16 CPUs on first use (rounding absmax
+        to bf16 and computing in bf16 whatever the compute dtype) and converts the stored bias in place, and
+        its ``Params4bit`` keeps the scales in a side object that moving to some devices (meta) cannot handle.
         """
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            x = x.to(self.compute_dtype)
-            bias = None if self.bias is None else self.bias.to(x.dtype)
-            return bnb.matmul_4bit(x, self.weight, bias=bias, quant_state=self.weight.quant_state)
-
-    class Int8Linear(bnb.nn.Linear8bitLt):
-        """Linear8bitLt with the ops.Linear contract; the stored bias is cast per call, never in place."""
 
         compute_dtype: torch.dtype = torch.float32
 
+        def __init__(self, in_features: int, out_features: int, dtype: torch.dtype = torch.bfloat16,
+                     device=None):
+            super().__init__()
+            self.in_features, self.out_features, self.weight_dtype = in_features, out_features, dtype
+            values = in_features * out_features
+            self.weight = nn.Parameter(torch.empty(((values + 1) // 2, 1), dtype=torch.uint8, device=device),
+                                       requires_grad=False)
+            self.register_buffer("absmax", torch.empty(-(-values // NF4_BLOCKSIZE), dtype=torch.float32,
+                                                       device=device))
+            self.register_buffer("quant_map", torch.empty(16, dtype=torch.float32, device=device))
+            self.bias = None
+
+        def quant_state(self, device: torch.device | None = None):
+            """bitsandbytes' state of this weight (``weight_dtype``: the dtype it was quantized from), on ``device``."""
+            device = device or self.absmax.device
+            return bnb.functional.QuantState(
+                absmax=_on(self.absmax, device), shape=torch.Size((self.out_features, self.in_features)),
+                code=_on(self.quant_map, device), blocksize=NF4_BLOCKSIZE, quant_type="nf4", dtype=self.weight_dtype)
+
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             x = x.to(self.compute_dtype)
-            self.state.is_training = self.training
-            if self.weight.CB is not None:
-                self.init_8bit_state()
-            bias = None if self.bias is None else self.bias.to(x.dtype)
-            out = bnb.matmul(x, self.weight, bias=bias, state=self.state)
-            if self.state.CB is not None:
-                self.weight.data = self.state.CB
+            return bnb.matmul_4bit(x, _on(self.weight, x.device), bias=_on(self.bias, x.device, x.dtype),
+                                   quant_state=self.quant_state(x.device))
+
+    class Int8Linear(nn.Module):
+        """LLM.int8 Linear (bitsandbytes' matmul, outlier threshold ``threshold``) with the ops.Linear
+        contract. Unlike ``Linear8bitLt`` it keeps no tensors in a matmul state object (which ``.to()`` of a
+        parent module does not move, so an offloaded model kept its device copy); the state is built per
+        call from the module's own ``weight`` and ``SCB``."""
+
+        compute_dtype: torch.dtype = torch.float32
+
+        def __init__(self, in_features: int, out_features: int, threshold: float, device=None):
+            super().__init__()
+            self.in_features, self.out_features, self.threshold = in_features, out_features, threshold
+            self.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=torch.int8, device=device),
+                                       requires_grad=False)
+            self.register_buffer("SCB", torch.empty(out_features, dtype=torch.float32, device=device))
+            self.bias = None
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = x.to(self.compute_dtype)
+            state = bnb.MatmulLtState()
+            state.CB, state.SCB = _on(self.weight, x.device), _on(self.SCB, x.device)
+            state.threshold, state.has_fp16_weights, state.is_training = self.threshold, False, False
+            out = bnb.matmul(x, state.CB, bias=_on(self.bias, x.device, x.dtype), state=state)
             return out.to(self.compute_dtype)
 
     return bnb, NF4Linear, Int8Linear
@@ -183,8 +225,8 @@ def is_quantized_linear(module: nn.Module) -> bool:
 _CPU_CHUNK_VALUES = 1 << 22
 
 
-def _nf4_param_cpu(bnb, weight: torch.Tensor, module: nn.Module):
-    """NF4 ``Params4bit`` of ``weight`` quantized slice by slice; equal to ``Params4bit._quantize("cpu")``."""
+def _nf4_cpu(bnb, weight: torch.Tensor):
+    """NF4 packed values and state of ``weight`` quantized slice by slice; equal to ``quantize_4bit`` at once."""
     flat = weight.reshape(-1)
     total = flat.numel()
     step = max(NF4_BLOCKSIZE, _CPU_CHUNK_VALUES // NF4_BLOCKSIZE * NF4_BLOCKSIZE)  # whole blocks, even length
@@ -198,13 +240,11 @@ def _nf4_param_cpu(bnb, weight: torch.Tensor, module: nn.Module):
         absmax[start // NF4_BLOCKSIZE:start // NF4_BLOCKSIZE + chunk_state.absmax.numel()] = chunk_state.absmax
     state = bnb.functional.QuantState(absmax=absmax, shape=weight.shape, code=chunk_state.code,
                                       blocksize=NF4_BLOCKSIZE, quant_type="nf4", dtype=weight.dtype)
-    module.quant_state = state
-    return bnb.nn.Params4bit(packed, requires_grad=False, quant_state=state, blocksize=NF4_BLOCKSIZE,
-                             compress_statistics=False, quant_type="nf4", module=module, bnb_quantized=True)
+    return packed, state
 
 
-def _int8_param_cpu(bnb, weight: torch.Tensor):
-    """INT8 ``Int8Params`` of ``weight`` quantized rows at a time; equal to ``Int8Params._quantize("cpu")``."""
+def _int8_cpu(bnb, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """INT8 values and row scales of ``weight`` quantized rows at a time; equal to ``Int8Params._quantize("cpu")``."""
     out_features, in_features = weight.shape
     rows = max(1, _CPU_CHUNK_VALUES // in_features)
     values = torch.empty(out_features, in_features, dtype=torch.int8)
@@ -214,12 +254,14 @@ def _int8_param_cpu(bnb, weight: torch.Tensor):
             weight[start:start + rows].contiguous().to(torch.float16))
         values[start:start + rows] = chunk_values
         scales[start:start + rows] = chunk_scales
-    return bnb.nn.Int8Params(values, requires_grad=False, has_fp16_weights=False, CB=values, SCB=scales)
+    return values, scales
 
 
 def make_quantized_linear(name: str, weight: torch.Tensor, bias: torch.Tensor | None, precision: str,
-                          device: torch.device | str, compute_dtype: torch.dtype) -> nn.Module:
-    """Quantizes one Linear's (weight, bias) on ``device`` and returns the bitsandbytes module.
+                          device: torch.device | str, compute_dtype: torch.dtype, *, operations=TorchOps,
+                          store_on: torch.device | str | None = None) -> nn.Module:
+    """Quantizes one Linear's (weight, bias) on ``device`` and returns the bitsandbytes module, kept on
+    ``store_on`` (default: ``device``). Its class is ``operations.castable`` of ours.
 
     The weight is moved to ``device`` first so a CUDA target quantizes on the GPU and the host never holds
     more than this one tensor. The bias is kept in the storage dtype of the precision (bf16).
@@ -231,23 +273,24 @@ def make_quantized_linear(name: str, weight: torch.Tensor, bias: torch.Tensor | 
     bias = None if bias is None else nn.Parameter(bias.to(device, storage_dtype(precision)), requires_grad=False)
     try:
         if precision == "nf4":
-            module = nf4_cls(in_features, out_features, bias=False, compute_dtype=compute_dtype,
-                             compress_statistics=False, quant_type="nf4", device="meta")
-            if device.type == "cpu":
-                module.weight = _nf4_param_cpu(bnb, weight, module)
-            else:
-                param = bnb.nn.Params4bit(weight, requires_grad=False, blocksize=NF4_BLOCKSIZE,
-                                          compress_statistics=False, quant_type="nf4", module=module)
-                module.weight = param._quantize(device)
-        elif precision == "int8":
-            module = int8_cls(in_features, out_features, bias=False, has_fp16_weights=False,
-                              threshold=INT8_OUTLIER_THRESHOLD, device="meta")
+            module = operations.castable(nf4_cls)(in_features, out_features, weight.dtype, "meta")
             module.compute_dtype = compute_dtype
             if device.type == "cpu":
-                module.weight = _int8_param_cpu(bnb, weight)
+                packed, state = _nf4_cpu(bnb, weight)
             else:
-                param = bnb.nn.Int8Params(weight, requires_grad=False, has_fp16_weights=False)
-                module.weight = param._quantize(device)
+                packed, state = bnb.functional.quantize_4bit(weight.contiguous(), blocksize=NF4_BLOCKSIZE,
+                                                             compress_statistics=False, quant_type="nf4")
+            module.weight = nn.Parameter(packed, requires_grad=False)
+            module.absmax, module.quant_map = state.absmax, state.code
+        elif precision == "int8":
+            module = operations.castable(int8_cls)(in_features, out_features, INT8_OUTLIER_THRESHOLD, "meta")
+            module.compute_dtype = compute_dtype
+            if device.type == "cpu":
+                values, scales = _int8_cpu(bnb, weight)
+            else:
+                values, scales, _ = bnb.functional.int8_vectorwise_quant(weight.contiguous().to(torch.float16))
+            module.weight = nn.Parameter(values, requires_grad=False)
+            module.SCB = scales
         else:
             raise BagelInputError(f"make_quantized_linear got precision {precision!r}; only nf4/int8 quantize.")
     except RuntimeError as exc:  # includes "not implemented for this device" errors (a subclass)
@@ -256,23 +299,26 @@ def make_quantized_linear(name: str, weight: torch.Tensor, bias: torch.Tensor | 
             f"bitsandbytes build for this device (`pip install -U bitsandbytes`) or use precision='bf16'.") \
             from exc
     module.bias = bias
-    return module.eval()
+    return module.eval() if store_on is None else module.to(store_on).eval()
 
 
-def linear_factory(precision: str, compute_dtype: torch.dtype, policy: str = "default",
-                   fp8_class: type[Fp8Linear] = Fp8Linear):
+def linear_factory(precision: str, compute_dtype: torch.dtype, policy: str = "default", *, operations=TorchOps,
+                   quantize_device: torch.device | None = None):
     """Adapter for ``loading.load_module_weights``: (name, module, tensors on device) -> replacement or None.
 
-    ``fp8_class`` is the layer class of ``fp8_e4m3fn`` Linears (the nodes inject a ComfyUI-castable one)."""
-    from ..model.ops import Linear
+    ``quantize_device`` (default: where the tensors arrive) is where bitsandbytes quantizes; the result is kept
+    where the tensors arrived (a GPU quantizes a host-resident model one Linear at a time). FP8 is quantized
+    where the tensors arrive (plain torch, cheap anywhere); its class is ``operations.castable(Fp8Linear)``."""
 
     def factory(name: str, module: nn.Module, tensors: dict) -> nn.Module | None:
         if not isinstance(module, Linear) or not should_quantize(name, precision, policy):
             return None
         if precision == "fp8_e4m3fn":
-            return make_fp8_linear(tensors["weight"], tensors.get("bias"), compute_dtype, fp8_class)
+            return make_fp8_linear(tensors["weight"], tensors.get("bias"), compute_dtype,
+                                   operations.castable(Fp8Linear))
+        home = tensors["weight"].device
         return make_quantized_linear(name, tensors["weight"], tensors.get("bias"), precision,
-                                     tensors["weight"].device, compute_dtype)
+                                     quantize_device or home, compute_dtype, operations=operations, store_on=home)
 
     return factory
 

@@ -33,18 +33,19 @@ class GenerationQuery:
 
 
 class BagelRuntime:
-    def __init__(self, model: Bagel, vae: AutoEncoder, special: SpecialIds, compute_dtype: torch.dtype):
+    """``device`` is where activations live and every layer computes (default: where the weights are). The
+    weights may live elsewhere: every layer reads them through ops.CastAtUse, on the activations' device."""
+
+    def __init__(self, model: Bagel, vae: AutoEncoder, special: SpecialIds, compute_dtype: torch.dtype,
+                 device: torch.device | None = None):
         self.model = model
         self.vae = vae
         self.special = special
         self.dtype = compute_dtype
         self.config = model.config
+        self.device = torch.device(device) if device is not None else model.lm.embed_tokens.weight.device
         self.vae_rule, self.vit_rule = resize_rules(self.config.max_latent_size, self.config.vit_max_num_patch_per_side,
                                                     self.config.latent_downsample, self.config.vit.patch_size)
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.lm.embed_tokens.weight.device
 
     def _inv_freq(self) -> torch.Tensor:
         llm = self.config.llm

@@ -1,4 +1,5 @@
-"""FLUX autoencoder (encoder with a sampled diagonal-Gaussian posterior, decoder), FLUX key names."""
+"""FLUX autoencoder (encoder with a sampled diagonal-Gaussian posterior, decoder), FLUX key names; every layer
+comes from the ``operations`` namespace (``ops.TorchOps`` by default)."""
 from __future__ import annotations
 
 import torch
@@ -6,10 +7,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import AEConfig
+from .ops import TorchOps
 
 
-def _norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(32, channels, eps=1e-6, affine=True)
+def _norm(channels: int, operations) -> nn.GroupNorm:
+    return operations.GroupNorm(32, channels, eps=1e-6, affine=True)
 
 
 def swish(x: torch.Tensor) -> torch.Tensor:
@@ -19,13 +21,13 @@ def swish(x: torch.Tensor) -> torch.Tensor:
 class AttnBlock(nn.Module):
     """Single-head self-attention over all pixels, with residual."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, operations=TorchOps):
         super().__init__()
-        self.norm = _norm(channels)
-        self.q = nn.Conv2d(channels, channels, 1)
-        self.k = nn.Conv2d(channels, channels, 1)
-        self.v = nn.Conv2d(channels, channels, 1)
-        self.proj_out = nn.Conv2d(channels, channels, 1)
+        self.norm = _norm(channels, operations)
+        self.q = operations.Conv2d(channels, channels, 1)
+        self.k = operations.Conv2d(channels, channels, 1)
+        self.v = operations.Conv2d(channels, channels, 1)
+        self.proj_out = operations.Conv2d(channels, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.norm(x)
@@ -37,14 +39,14 @@ class AttnBlock(nn.Module):
 
 
 class ResnetBlock(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int):
+    def __init__(self, in_channels: int, out_channels: int, operations=TorchOps):
         super().__init__()
-        self.norm1 = _norm(in_channels)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.norm2 = _norm(out_channels)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.norm1 = _norm(in_channels, operations)
+        self.conv1 = operations.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.norm2 = _norm(out_channels, operations)
+        self.conv2 = operations.Conv2d(out_channels, out_channels, 3, padding=1)
         if in_channels != out_channels:
-            self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1)
+            self.nin_shortcut = operations.Conv2d(in_channels, out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv1(swish(self.norm1(x)))
@@ -54,38 +56,38 @@ class ResnetBlock(nn.Module):
 
 
 class Downsample(nn.Module):
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, operations=TorchOps):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2)
+        self.conv = operations.Conv2d(channels, channels, 3, stride=2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.pad(x, (0, 1, 0, 1)))  # asymmetric: right and bottom only
 
 
 class Upsample(nn.Module):
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, operations=TorchOps):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv = operations.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
 class MidBlock(nn.Module):
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, operations=TorchOps):
         super().__init__()
-        self.block_1 = ResnetBlock(channels, channels)
-        self.attn_1 = AttnBlock(channels)
-        self.block_2 = ResnetBlock(channels, channels)
+        self.block_1 = ResnetBlock(channels, channels, operations)
+        self.attn_1 = AttnBlock(channels, operations)
+        self.block_2 = ResnetBlock(channels, channels, operations)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.block_2(self.attn_1(self.block_1(x)))
 
 
 class Encoder(nn.Module):
-    def __init__(self, cfg: AEConfig):
+    def __init__(self, cfg: AEConfig, operations=TorchOps):
         super().__init__()
-        self.conv_in = nn.Conv2d(cfg.in_channels, cfg.ch, 3, padding=1)
+        self.conv_in = operations.Conv2d(cfg.in_channels, cfg.ch, 3, padding=1)
         in_mult = (1, *cfg.ch_mult)
         self.down = nn.ModuleList()
         channels = cfg.ch
@@ -94,14 +96,14 @@ class Encoder(nn.Module):
             stage.block = nn.ModuleList()
             channels_in, channels = cfg.ch * in_mult[level], cfg.ch * mult
             for _ in range(cfg.num_res_blocks):
-                stage.block.append(ResnetBlock(channels_in, channels))
+                stage.block.append(ResnetBlock(channels_in, channels, operations))
                 channels_in = channels
             if level != len(cfg.ch_mult) - 1:
-                stage.downsample = Downsample(channels)
+                stage.downsample = Downsample(channels, operations)
             self.down.append(stage)
-        self.mid = MidBlock(channels)
-        self.norm_out = _norm(channels)
-        self.conv_out = nn.Conv2d(channels, 2 * cfg.z_channels, 3, padding=1)
+        self.mid = MidBlock(channels, operations)
+        self.norm_out = _norm(channels, operations)
+        self.conv_out = operations.Conv2d(channels, 2 * cfg.z_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv_in(x)
@@ -115,24 +117,24 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    def __init__(self, cfg: AEConfig):
+    def __init__(self, cfg: AEConfig, operations=TorchOps):
         super().__init__()
         channels = cfg.ch * cfg.ch_mult[-1]
-        self.conv_in = nn.Conv2d(cfg.z_channels, channels, 3, padding=1)
-        self.mid = MidBlock(channels)
+        self.conv_in = operations.Conv2d(cfg.z_channels, channels, 3, padding=1)
+        self.mid = MidBlock(channels, operations)
         self.up = nn.ModuleList()
         for level in reversed(range(len(cfg.ch_mult))):
             stage = nn.Module()
             stage.block = nn.ModuleList()
             out_channels = cfg.ch * cfg.ch_mult[level]
             for _ in range(cfg.num_res_blocks + 1):
-                stage.block.append(ResnetBlock(channels, out_channels))
+                stage.block.append(ResnetBlock(channels, out_channels, operations))
                 channels = out_channels
             if level != 0:
-                stage.upsample = Upsample(channels)
+                stage.upsample = Upsample(channels, operations)
             self.up.insert(0, stage)  # stored by level index, run from the deepest level
-        self.norm_out = _norm(channels)
-        self.conv_out = nn.Conv2d(channels, cfg.out_ch, 3, padding=1)
+        self.norm_out = _norm(channels, operations)
+        self.conv_out = operations.Conv2d(channels, cfg.out_ch, 3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.mid(self.conv_in(z))
@@ -145,11 +147,11 @@ class Decoder(nn.Module):
 
 
 class AutoEncoder(nn.Module):
-    def __init__(self, cfg: AEConfig):
+    def __init__(self, cfg: AEConfig, operations=TorchOps):
         super().__init__()
         self.config = cfg
-        self.encoder = Encoder(cfg)
-        self.decoder = Decoder(cfg)
+        self.encoder = Encoder(cfg, operations)
+        self.decoder = Decoder(cfg, operations)
 
     def encode(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """Samples the posterior (mean + std·ε, ε drawn on the CPU from ``generator`` in float32, as the

@@ -1,6 +1,7 @@
 """The top-level BAGEL module: LM (MoT), ViT + connector, latent projections and embeddings.
 
-Attribute names equal the ``ema.safetensors`` keys, so the checkpoint loads with no rename table.
+Attribute names equal the ``ema.safetensors`` keys, so the checkpoint loads with no rename table. Every
+weight-bearing layer comes from the ``operations`` namespace (``ops.TorchOps`` unless a host passes its own).
 """
 from __future__ import annotations
 
@@ -8,25 +9,25 @@ import torch
 from torch import nn
 
 from ..config import BagelConfig
-from .embeddings import PositionEmbedding, TimestepEmbedder
-from .ops import Linear
+from .embeddings import TimestepEmbedder
+from .ops import TorchOps
 from .qwen2_mot import Qwen2ForCausalLM
 from .siglip import MLPConnector, SiglipVisionModel
 
 
 class Bagel(nn.Module):
-    def __init__(self, config: BagelConfig):
+    def __init__(self, config: BagelConfig, operations=TorchOps):
         super().__init__()
         self.config = config
         hidden = config.llm.hidden_size
-        self.language_model = Qwen2ForCausalLM(config.llm)
-        self.time_embedder = TimestepEmbedder(hidden, config.timestep_frequency_dim)
-        self.vae2llm = Linear(config.patch_latent_dim, hidden)
-        self.llm2vae = Linear(hidden, config.patch_latent_dim)
-        self.latent_pos_embed = PositionEmbedding(config.max_latent_size, hidden)
-        self.vit_model = SiglipVisionModel(config.vit)
-        self.connector = MLPConnector(config.vit.hidden_size, hidden)
-        self.vit_pos_embed = PositionEmbedding(config.vit_max_num_patch_per_side, hidden)
+        self.language_model = Qwen2ForCausalLM(config.llm, operations)
+        self.time_embedder = TimestepEmbedder(hidden, config.timestep_frequency_dim, operations)
+        self.vae2llm = operations.Linear(config.patch_latent_dim, hidden)
+        self.llm2vae = operations.Linear(hidden, config.patch_latent_dim)
+        self.latent_pos_embed = operations.PositionTable(config.max_latent_size, hidden)
+        self.vit_model = SiglipVisionModel(config.vit, operations)
+        self.connector = MLPConnector(config.vit.hidden_size, hidden, operations)
+        self.vit_pos_embed = operations.PositionTable(config.vit_max_num_patch_per_side, hidden)
 
     @property
     def lm(self):

@@ -87,7 +87,8 @@ def normalize_swish(part: torch.Tensor, norm: nn.GroupNorm, stats: Stats) -> tor
     b, c, rows, w = part.shape
     grouped = part.float().reshape(b, norm.num_groups, c // norm.num_groups, rows, w)
     normed = ((grouped - mean) * rstd).reshape(b, c, rows, w).to(part.dtype)
-    return swish(normed * norm.weight.view(1, c, 1, 1) + norm.bias.view(1, c, 1, 1))
+    weight, bias = norm.cast_weights(part)  # a few hundred floats: cheap to fetch per band when streamed
+    return swish(normed * weight.view(1, c, 1, 1) + bias.view(1, c, 1, 1))
 
 
 def halo(r0: int, r1: int, height: int) -> tuple[int, int]:
@@ -95,27 +96,31 @@ def halo(r0: int, r1: int, height: int) -> tuple[int, int]:
     return max(0, r0 - 1), min(height, r1 + 1)
 
 
-def conv_rows(rows: torch.Tensor, conv: nn.Conv2d, r0: int, r1: int, a: int, z: int) -> torch.Tensor:
-    """Output rows [r0, r1) of a 3×3, stride-1, padding-1 ``conv`` from its input rows [a, z) = halo(r0, r1);
+ConvWeights = tuple[torch.Tensor, torch.Tensor]  # a conv's (weight, bias) on the compute device
+
+
+def conv_rows(rows: torch.Tensor, weights: ConvWeights, r0: int, r1: int, a: int, z: int) -> torch.Tensor:
+    """Output rows [r0, r1) of a 3×3, stride-1, padding-1 conv from its input rows [a, z) = halo(r0, r1);
     rows outside the map are the conv's zero padding."""
     padded = F.pad(rows, (0, 0, a - (r0 - 1), (r1 + 1) - z))
-    return F.conv2d(padded, conv.weight, conv.bias, padding=(0, 1))
+    return F.conv2d(padded, *weights, padding=(0, 1))
 
 
-def conv_band(source: RowSource, height: int, conv: nn.Conv2d, r0: int, r1: int) -> torch.Tensor:
+def conv_band(source: RowSource, height: int, weights: ConvWeights, r0: int, r1: int) -> torch.Tensor:
     a, z = halo(r0, r1, height)
-    return conv_rows(source(a, z), conv, r0, r1, a, z)
+    return conv_rows(source(a, z), weights, r0, r1, a, z)
 
 
 def conv3x3_rows(source: RowSource, height: int, conv: nn.Conv2d, out: torch.Tensor, band: int,
                  accumulate: bool = False) -> torch.Tensor:
-    """``out = conv(input)`` (or ``out += …``) band by band."""
+    """``out = conv(input)`` (or ``out += …``) band by band; the weights are fetched once for all bands."""
+    weights = conv.cast_weights(out)
     for r0 in range(0, height, band):
         r1 = min(height, r0 + band)
         if accumulate:
-            out[:, :, r0:r1] += conv_band(source, height, conv, r0, r1)
+            out[:, :, r0:r1] += conv_band(source, height, weights, r0, r1)
         else:
-            out[:, :, r0:r1] = conv_band(source, height, conv, r0, r1)
+            out[:, :, r0:r1] = conv_band(source, height, weights, r0, r1)
     return out
 
 
@@ -129,11 +134,12 @@ def resnet_block(block: ResnetBlock, x: RowMap | torch.Tensor, band_bytes: int =
     stats = x.stats(block.norm1, band)
     h, out = x.new_empty(out_channels), x.new_empty(out_channels)
     shortcut = getattr(block, "nin_shortcut", None)
+    conv1 = block.conv1.cast_weights(h)
     for r0 in range(0, height, band):
         r1 = min(height, r0 + band)
         a, z = halo(r0, r1, height)
         rows = x.rows(a, z)
-        h[:, :, r0:r1] = conv_rows(normalize_swish(rows, block.norm1, stats), block.conv1, r0, r1, a, z)
+        h[:, :, r0:r1] = conv_rows(normalize_swish(rows, block.norm1, stats), conv1, r0, r1, a, z)
         own = rows[:, :, r0 - a:r1 - a]
         out[:, :, r0:r1] = shortcut(own) if shortcut is not None else own
         del rows, own
@@ -153,8 +159,10 @@ def upsampled(module: Upsample, x: torch.Tensor, band_bytes: int = BAND_BYTES) -
         return F.interpolate(x[:, :, first:(z + 1) // 2], scale_factor=2.0, mode="nearest")[
             :, :, a - 2 * first:z - 2 * first]
 
+    weights = module.conv.cast_weights(x)
+
     def rows(a: int, z: int) -> torch.Tensor:
-        return torch.cat([conv_band(doubled, 2 * height, module.conv, r0, min(z, r0 + band))
+        return torch.cat([conv_band(doubled, 2 * height, weights, r0, min(z, r0 + band))
                           for r0 in range(a, z, band)], dim=2)
 
     return RowMap(rows, (b, module.conv.out_channels, 2 * height, 2 * width), x.dtype, x.device)

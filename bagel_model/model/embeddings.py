@@ -1,4 +1,7 @@
-"""Position and timestep embeddings: 2-D sin-cos tables, grid position ids, the timestep MLP, 1-D RoPE."""
+"""Position and timestep embeddings: 2-D sin-cos tables, grid position ids, the timestep MLP, 1-D RoPE.
+
+The stored position tables are ``ops.PositionTable`` layers; the timestep features and RoPE cos/sin are computed
+per call on the input's device (no buffers that a memory manager would have to move)."""
 from __future__ import annotations
 
 import math
@@ -6,7 +9,7 @@ import math
 import torch
 from torch import nn
 
-from .ops import Linear
+from .ops import TorchOps
 
 
 def sincos_1d(width: int, positions: torch.Tensor) -> torch.Tensor:
@@ -35,25 +38,14 @@ def grid_position_ids(grid_h: int, grid_w: int, side: int, device=None) -> torch
     return (rows + torch.arange(grid_w, device=device)[None, :]).reshape(-1)
 
 
-class PositionEmbedding(nn.Module):
-    """A fixed sin-cos table stored in the checkpoint as ``pos_embed`` (looked up, never learned)."""
-
-    def __init__(self, side: int, width: int):
-        super().__init__()
-        self.side = side
-        self.pos_embed = nn.Parameter(torch.zeros(side * side, width), requires_grad=False)
-
-    def forward(self, position_ids: torch.Tensor) -> torch.Tensor:
-        return self.pos_embed[position_ids]
-
-
 class TimestepEmbedder(nn.Module):
     """t in [0, 1] (not scaled by 1000) → 256 cos/sin features (cos first) → Linear → SiLU → Linear."""
 
-    def __init__(self, hidden_size: int, frequency_dim: int = 256):
+    def __init__(self, hidden_size: int, frequency_dim: int = 256, operations=TorchOps):
         super().__init__()
         self.frequency_dim = frequency_dim
-        self.mlp = nn.Sequential(Linear(frequency_dim, hidden_size), nn.SiLU(), Linear(hidden_size, hidden_size))
+        self.mlp = nn.Sequential(operations.Linear(frequency_dim, hidden_size), nn.SiLU(),
+                                 operations.Linear(hidden_size, hidden_size))
 
     def features(self, t: torch.Tensor) -> torch.Tensor:
         half = self.frequency_dim // 2

@@ -1,8 +1,16 @@
-"""Small numeric building blocks shared by every BAGEL module.
+"""The weight-bearing layers of every BAGEL module, the ``operations`` namespace that injects them, and the
+small numeric helpers they share.
 
-The official inference runs under CUDA bf16 autocast: every Linear computes and returns bf16 while norms and
-softmax run in fp32. We make those casts explicit, keyed on one *compute dtype*, so the same code gives the
-official rounding in bf16 and plain fp32/fp16 arithmetic otherwise, on any device, without autocast.
+Numerics: the official inference runs under CUDA bf16 autocast: every Linear computes and returns bf16 while
+norms and softmax run in fp32. We make those casts explicit, keyed on one *compute dtype*, so the same code
+gives the official rounding in bf16 and plain fp32/fp16 arithmetic otherwise, on any device, without autocast.
+
+Streaming: every module builds its layers as ``operations.Linear(...)``, ``operations.RMSNorm(...)`` ...
+(``TorchOps`` by default), and a layer reads its stored tensors only through ``cast_weights`` (or, for
+tables, ``lookup``), which returns them on the input's device in the dtype the computation needs. So a memory
+manager may keep any layer's weights on another device (host RAM) and the forward still works: it copies
+them for that one call. A host application (the ComfyUI nodes) passes subclasses of these classes that route
+``cast_weights`` through its own transfer code; the arithmetic stays the one defined here.
 """
 from __future__ import annotations
 
@@ -11,7 +19,29 @@ import torch.nn.functional as F
 from torch import nn
 
 
-class Linear(nn.Linear):
+def _cast(tensor: torch.Tensor | None, device: torch.device, dtype: torch.dtype | None) -> torch.Tensor | None:
+    # .to() returns the tensor itself when it already has this device and dtype: no copy when resident.
+    return None if tensor is None else tensor.to(device=device, dtype=dtype)
+
+
+class CastAtUse:
+    """Mixin for a layer whose tensors are read per call, on the input's device.
+
+    ``stored(name)`` is the one place a layer's tensor is read (tests override it to prove that no other
+    code reads weights directly); ``cast_weights`` is what host applications override to stream.
+    """
+
+    def stored(self, name: str) -> torch.Tensor | None:
+        return getattr(self, name, None)
+
+    def cast_weights(self, x: torch.Tensor, dtype: torch.dtype | None = None,
+                     bias_dtype: torch.dtype | None = None):
+        """(weight, bias) on ``x``'s device; ``dtype`` None keeps the stored dtype."""
+        return (_cast(self.stored("weight"), x.device, dtype),
+                _cast(self.stored("bias"), x.device, bias_dtype or dtype))
+
+
+class Linear(CastAtUse, nn.Linear):
     """nn.Linear whose input and weight are cast to ``compute_dtype``; the output has ``compute_dtype``.
 
     ``compute_dtype`` is set on every Linear of a model by ``set_compute_dtype``; quantized replacements
@@ -22,15 +52,42 @@ class Linear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = self.compute_dtype
-        bias = None if self.bias is None else self.bias.to(dtype)
-        return F.linear(x.to(dtype), self.weight.to(dtype), bias)
+        weight, bias = self.cast_weights(x, dtype)
+        return F.linear(x.to(dtype), weight, bias)
 
 
-def set_compute_dtype(module: nn.Module, dtype: torch.dtype) -> None:
-    """Sets the compute dtype on every submodule that has one (Linear layers, attention, the LM)."""
-    for sub in module.modules():
-        if hasattr(sub, "compute_dtype"):
-            sub.compute_dtype = dtype
+class Embedding(CastAtUse, nn.Embedding):
+    """Token table: rows are gathered where the table lives and only those rows move to the ids' device
+    (streaming a 1 GB vocabulary table to look up a few tokens would be wasteful)."""
+
+    table = "weight"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.bias = None  # host cast helpers read .bias of every layer
+
+    def lookup(self, ids: torch.Tensor) -> torch.Tensor:
+        table = self.stored(self.table)
+        return F.embedding(ids.to(table.device), table).to(ids.device)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.lookup(ids)
+
+
+class PositionTable(CastAtUse, nn.Module):
+    """A fixed sin-cos table stored in the checkpoint as ``pos_embed`` (looked up, never learned)."""
+
+    table = "pos_embed"
+
+    def __init__(self, side: int, width: int, device=None, dtype=None):
+        super().__init__()
+        self.side = side
+        self.pos_embed = nn.Parameter(torch.zeros(side * side, width, device=device, dtype=dtype),
+                                      requires_grad=False)
+        self.bias = None
+
+    lookup = Embedding.lookup
+    forward = Embedding.forward
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -40,14 +97,16 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return weight * normed.to(x.dtype)
 
 
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float = 1e-6):
+class RMSNorm(CastAtUse, nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6, device=None, dtype=None):
         super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
+        self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
+        self.bias = None
         self.eps = eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return rms_norm(x, self.weight.to(x.dtype), self.eps)
+    def forward(self, x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """``dtype``: the dtype the weight is cast to (default: the input's)."""
+        return rms_norm(x, self.cast_weights(x, dtype or x.dtype)[0], self.eps)
 
 
 def reduces_in_fp32(x: torch.Tensor) -> bool:
@@ -59,13 +118,55 @@ def reduces_in_fp32(x: torch.Tensor) -> bool:
     return x.device.type != "cpu"
 
 
-class LayerNorm(nn.LayerNorm):
+class LayerNorm(CastAtUse, nn.LayerNorm):
     """SigLIP LayerNorm with the official autocast dtype: fp32 result on GPUs, input dtype on CPUs."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = torch.float32 if reduces_in_fp32(x) else x.dtype
-        return F.layer_norm(x.to(dtype), self.normalized_shape, self.weight.to(dtype), self.bias.to(dtype),
-                            self.eps)
+        weight, bias = self.cast_weights(x, dtype)
+        return F.layer_norm(x.to(dtype), self.normalized_shape, weight, bias, self.eps)
+
+
+class GroupNorm(CastAtUse, nn.GroupNorm):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight, bias = self.cast_weights(x)
+        return F.group_norm(x, self.num_groups, weight, bias, self.eps)
+
+
+class Conv2d(CastAtUse, nn.Conv2d):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight, bias = self.cast_weights(x)
+        return self._conv_forward(x, weight, bias)
+
+
+class TorchOps:
+    """The default ``operations`` namespace: the torch-only layers above.
+
+    ``castable(cls)`` returns the class to instantiate for a layer built outside the namespace (the
+    bitsandbytes NF4/INT8 Linears that replace Linears at load time); a host adds its streaming marker there.
+    """
+
+    Linear = Linear
+    Embedding = Embedding
+    PositionTable = PositionTable
+    RMSNorm = RMSNorm
+    LayerNorm = LayerNorm
+    GroupNorm = GroupNorm
+    Conv2d = Conv2d
+
+    @staticmethod
+    def castable(cls: type) -> type:
+        return cls
+
+
+LAYER_NAMES = ("Linear", "Embedding", "PositionTable", "RMSNorm", "LayerNorm", "GroupNorm", "Conv2d")
+
+
+def set_compute_dtype(module: nn.Module, dtype: torch.dtype) -> None:
+    """Sets the compute dtype on every submodule that has one (Linear layers, attention, the LM)."""
+    for sub in module.modules():
+        if hasattr(sub, "compute_dtype"):
+            sub.compute_dtype = dtype
 
 
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:

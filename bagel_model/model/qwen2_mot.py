@@ -18,7 +18,7 @@ from ..config import LLMConfig
 from .attention import attend
 from .embeddings import apply_rope
 from .kv_cache import Context
-from .ops import Linear, RMSNorm, rms_norm
+from .ops import TorchOps
 
 if TYPE_CHECKING:
     from .branches import BranchLayout
@@ -55,39 +55,38 @@ def per_expert(x: torch.Tensor, segments: list[Segment], und, gen) -> torch.Tens
 
 
 class MLP(nn.Module):
-    def __init__(self, hidden: int, intermediate: int):
+    def __init__(self, hidden: int, intermediate: int, operations=TorchOps):
         super().__init__()
-        self.gate_proj = Linear(hidden, intermediate, bias=False)
-        self.up_proj = Linear(hidden, intermediate, bias=False)
-        self.down_proj = Linear(intermediate, hidden, bias=False)
+        self.gate_proj = operations.Linear(hidden, intermediate, bias=False)
+        self.up_proj = operations.Linear(hidden, intermediate, bias=False)
+        self.down_proj = operations.Linear(intermediate, hidden, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
 class MoTAttention(nn.Module):
-    def __init__(self, config: LLMConfig):
+    def __init__(self, config: LLMConfig, operations=TorchOps):
         super().__init__()
         hidden, head_dim = config.hidden_size, config.head_dim
         self.num_heads, self.num_kv_heads, self.head_dim = config.num_attention_heads, \
             config.num_key_value_heads, head_dim
         q_out, kv_out = self.num_heads * head_dim, self.num_kv_heads * head_dim
         for suffix in ("", "_moe_gen"):
-            setattr(self, f"q_proj{suffix}", Linear(hidden, q_out, bias=True))
-            setattr(self, f"k_proj{suffix}", Linear(hidden, kv_out, bias=True))
-            setattr(self, f"v_proj{suffix}", Linear(hidden, kv_out, bias=True))
-            setattr(self, f"o_proj{suffix}", Linear(q_out, hidden, bias=False))
-            setattr(self, f"q_norm{suffix}", RMSNorm(head_dim, config.rms_norm_eps))
-            setattr(self, f"k_norm{suffix}", RMSNorm(head_dim, config.rms_norm_eps))
+            setattr(self, f"q_proj{suffix}", operations.Linear(hidden, q_out, bias=True))
+            setattr(self, f"k_proj{suffix}", operations.Linear(hidden, kv_out, bias=True))
+            setattr(self, f"v_proj{suffix}", operations.Linear(hidden, kv_out, bias=True))
+            setattr(self, f"o_proj{suffix}", operations.Linear(q_out, hidden, bias=False))
+            setattr(self, f"q_norm{suffix}", operations.RMSNorm(head_dim, config.rms_norm_eps))
+            setattr(self, f"k_norm{suffix}", operations.RMSNorm(head_dim, config.rms_norm_eps))
 
     def _norm_rope(self, x: torch.Tensor, which: str, block: Block, heads: int) -> torch.Tensor:
         x = x.view(-1, heads, self.head_dim)
         norm_und, norm_gen = getattr(self, f"{which}_norm"), getattr(self, f"{which}_norm_moe_gen")
         if block.fp32_qk:
             out_dtype = x.dtype
-            x = per_expert(x.float(), block.segments,
-                           lambda t: rms_norm(t, norm_und.weight.float(), norm_und.eps),
-                           lambda t: rms_norm(t, norm_gen.weight.float(), norm_gen.eps))
+            x = per_expert(x.float(), block.segments, lambda t: norm_und(t, torch.float32),
+                           lambda t: norm_gen(t, torch.float32))
             return apply_rope(x, block.cos.float(), block.sin.float()).to(out_dtype)
         x = per_expert(x, block.segments, norm_und, norm_gen)
         return apply_rope(x, block.cos, block.sin)
@@ -115,16 +114,16 @@ class MoTAttention(nn.Module):
 
 
 class MoTDecoderLayer(nn.Module):
-    def __init__(self, config: LLMConfig):
+    def __init__(self, config: LLMConfig, operations=TorchOps):
         super().__init__()
-        hidden, eps = config.hidden_size, config.rms_norm_eps
-        self.self_attn = MoTAttention(config)
-        self.mlp = MLP(hidden, config.intermediate_size)
-        self.mlp_moe_gen = MLP(hidden, config.intermediate_size)
-        self.input_layernorm = RMSNorm(hidden, eps)
-        self.input_layernorm_moe_gen = RMSNorm(hidden, eps)
-        self.post_attention_layernorm = RMSNorm(hidden, eps)
-        self.post_attention_layernorm_moe_gen = RMSNorm(hidden, eps)
+        hidden, eps, norm = config.hidden_size, config.rms_norm_eps, operations.RMSNorm
+        self.self_attn = MoTAttention(config, operations)
+        self.mlp = MLP(hidden, config.intermediate_size, operations)
+        self.mlp_moe_gen = MLP(hidden, config.intermediate_size, operations)
+        self.input_layernorm = norm(hidden, eps)
+        self.input_layernorm_moe_gen = norm(hidden, eps)
+        self.post_attention_layernorm = norm(hidden, eps)
+        self.post_attention_layernorm_moe_gen = norm(hidden, eps)
 
     def forward(self, x: torch.Tensor, block: Block, context: Context, layer: int, update: bool):
         segs = block.segments
@@ -135,13 +134,13 @@ class MoTDecoderLayer(nn.Module):
 
 
 class Qwen2MoTModel(nn.Module):
-    def __init__(self, config: LLMConfig):
+    def __init__(self, config: LLMConfig, operations=TorchOps):
         super().__init__()
         self.config = config
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(MoTDecoderLayer(config) for _ in range(config.num_hidden_layers))
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.norm_moe_gen = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.embed_tokens = operations.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(MoTDecoderLayer(config, operations) for _ in range(config.num_hidden_layers))
+        self.norm = operations.RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.norm_moe_gen = operations.RMSNorm(config.hidden_size, config.rms_norm_eps)
 
     def forward(self, x: torch.Tensor, block: Block, context: Context, update: bool) -> torch.Tensor:
         """Runs every layer on the packed block ``x`` (tokens, hidden) attending to ``context``.
@@ -168,7 +167,7 @@ class Qwen2MoTModel(nn.Module):
 
 
 class Qwen2ForCausalLM(nn.Module):
-    def __init__(self, config: LLMConfig):
+    def __init__(self, config: LLMConfig, operations=TorchOps):
         super().__init__()
-        self.model = Qwen2MoTModel(config)
-        self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.model = Qwen2MoTModel(config, operations)
+        self.lm_head = operations.Linear(config.hidden_size, config.vocab_size, bias=False)

@@ -7,17 +7,17 @@ from torch import nn
 
 from ..config import ViTConfig
 from .attention import attend
-from .ops import LayerNorm, Linear, gelu_tanh
+from .ops import TorchOps, gelu_tanh
 
 
 class SiglipEmbeddings(nn.Module):
-    def __init__(self, config: ViTConfig):
+    def __init__(self, config: ViTConfig, operations=TorchOps):
         super().__init__()
         patch_dim = config.num_channels * config.patch_size ** 2
-        self.patch_embedding = Linear(patch_dim, config.hidden_size, bias=True)
+        self.patch_embedding = operations.Linear(patch_dim, config.hidden_size, bias=True)
         # SigLIP sizes its table from image_size; BAGEL indexes it with ids i*S + j (S = the ViT table side).
         positions = (config.image_size // config.patch_size) ** 2
-        self.position_embedding = nn.Embedding(positions, config.hidden_size)
+        self.position_embedding = operations.Embedding(positions, config.hidden_size)
 
     def forward(self, patches: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         x = self.patch_embedding(patches)
@@ -25,12 +25,12 @@ class SiglipEmbeddings(nn.Module):
 
 
 class SiglipAttention(nn.Module):
-    def __init__(self, config: ViTConfig):
+    def __init__(self, config: ViTConfig, operations=TorchOps):
         super().__init__()
-        dim = config.hidden_size
+        dim, linear = config.hidden_size, operations.Linear
         self.num_heads = config.num_attention_heads
-        self.q_proj, self.k_proj = Linear(dim, dim), Linear(dim, dim)
-        self.v_proj, self.out_proj = Linear(dim, dim), Linear(dim, dim)
+        self.q_proj, self.k_proj = linear(dim, dim), linear(dim, dim)
+        self.v_proj, self.out_proj = linear(dim, dim), linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
@@ -39,22 +39,22 @@ class SiglipAttention(nn.Module):
 
 
 class SiglipMLP(nn.Module):
-    def __init__(self, config: ViTConfig):
+    def __init__(self, config: ViTConfig, operations=TorchOps):
         super().__init__()
-        self.fc1 = Linear(config.hidden_size, config.intermediate_size)
-        self.fc2 = Linear(config.intermediate_size, config.hidden_size)
+        self.fc1 = operations.Linear(config.hidden_size, config.intermediate_size)
+        self.fc2 = operations.Linear(config.intermediate_size, config.hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(gelu_tanh(self.fc1(x)))
 
 
 class SiglipEncoderLayer(nn.Module):
-    def __init__(self, config: ViTConfig):
+    def __init__(self, config: ViTConfig, operations=TorchOps):
         super().__init__()
-        self.layer_norm1 = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.self_attn = SiglipAttention(config)
-        self.layer_norm2 = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.mlp = SiglipMLP(config)
+        self.layer_norm1 = operations.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.self_attn = SiglipAttention(config, operations)
+        self.layer_norm2 = operations.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = SiglipMLP(config, operations)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.self_attn(self.layer_norm1(x))
@@ -62,17 +62,18 @@ class SiglipEncoderLayer(nn.Module):
 
 
 class SiglipEncoder(nn.Module):
-    def __init__(self, config: ViTConfig):
+    def __init__(self, config: ViTConfig, operations=TorchOps):
         super().__init__()
-        self.layers = nn.ModuleList(SiglipEncoderLayer(config) for _ in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(SiglipEncoderLayer(config, operations)
+                                    for _ in range(config.num_hidden_layers))
 
 
 class SiglipVisionTransformer(nn.Module):
-    def __init__(self, config: ViTConfig):
+    def __init__(self, config: ViTConfig, operations=TorchOps):
         super().__init__()
-        self.embeddings = SiglipEmbeddings(config)
-        self.encoder = SiglipEncoder(config)
-        self.post_layernorm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.embeddings = SiglipEmbeddings(config, operations)
+        self.encoder = SiglipEncoder(config, operations)
+        self.post_layernorm = operations.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, patches: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         """patches: (tokens, 3·p²) of ONE image; returns fp32 (tokens, hidden) after ``post_layernorm``."""
@@ -83,18 +84,18 @@ class SiglipVisionTransformer(nn.Module):
 
 
 class SiglipVisionModel(nn.Module):
-    def __init__(self, config: ViTConfig):
+    def __init__(self, config: ViTConfig, operations=TorchOps):
         super().__init__()
-        self.vision_model = SiglipVisionTransformer(config)
+        self.vision_model = SiglipVisionTransformer(config, operations)
 
 
 class MLPConnector(nn.Module):
     """ViT width → LM width: fc2(gelu_tanh(fc1(x)))."""
 
-    def __init__(self, in_dim: int, hidden: int):
+    def __init__(self, in_dim: int, hidden: int, operations=TorchOps):
         super().__init__()
-        self.fc1 = Linear(in_dim, hidden)
-        self.fc2 = Linear(hidden, hidden)
+        self.fc1 = operations.Linear(in_dim, hidden)
+        self.fc2 = operations.Linear(hidden, hidden)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(gelu_tanh(self.fc1(x)))

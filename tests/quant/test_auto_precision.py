@@ -38,9 +38,9 @@ def test_nothing_acceptable_falls_back_to_the_smallest():
     choice = choose_precision(REAL, _card(8))
     assert choice.precision == "nf4" and "smallest" in choice.reason
     assert not any(o.acceptable for o in choice.options)
-    assert not choice.streams  # bitsandbytes layers are not in the default streamable set
-    streaming = choose_precision(REAL, _card(8), streamable={"bf16", "fp8_e4m3fn", "int8", "nf4"})
-    assert streaming.precision == "nf4" and streaming.streams and "over the limit" in streaming.reason
+    assert choice.streams and "over the limit" in choice.reason  # slow, but the only way it runs
+    no_bnb_streaming = choose_precision(REAL, _card(8), streamable={"bf16", "fp8_e4m3fn"})
+    assert no_bnb_streaming.precision == "nf4" and not no_bnb_streaming.streams
 
 
 def test_without_streaming_only_what_fits_entirely():

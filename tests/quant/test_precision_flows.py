@@ -77,7 +77,7 @@ def test_nf4_equals_dequantized_weights(pipes, tiny_checkpoint):
     dense_modules = dict(dense.model.bagel.named_modules())
     for name, module in pipes["nf4"].model.bagel.named_modules():
         if is_quantized_linear(module):
-            state = module.weight.quant_state
+            state = module.quant_state()
             weight = torch.ops.bitsandbytes.dequantize_4bit.default(
                 module.weight.data, state.absmax, state.blocksize, "nf4", state.shape, torch.float32)
             dense_modules[name].weight.data = weight

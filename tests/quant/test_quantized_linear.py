@@ -28,9 +28,9 @@ def test_weight_really_holds_low_bit_data(precision, bits):
     assert data.dtype == (torch.uint8 if precision == "nf4" else torch.int8)
     assert data.numel() * 8 == w.numel() * bits  # 4 bits (two values per byte) or 8 bits per weight
     if precision == "nf4":
-        assert module.weight.quant_state.absmax.numel() == w.numel() // q.NF4_BLOCKSIZE
+        assert module.absmax.numel() == w.numel() // q.NF4_BLOCKSIZE
     else:
-        assert module.weight.SCB.shape == (w.shape[0],)
+        assert module.SCB.shape == (w.shape[0],)
 
 
 @pytest.mark.parametrize("precision", ["nf4", "int8"])

@@ -1,0 +1,147 @@
+"""Which weights each phase of a BAGEL call uses, and what stays resident on a device of a given size.
+
+BAGEL's weights fall into four groups by who computes with them:
+
+* ``gen``: the generation expert of every decoder layer (``*_moe_gen``) and the latent I/O (``vae2llm``,
+  ``llm2vae``, ``time_embedder``, ``latent_pos_embed``);
+* ``und``: the understanding expert (the original Qwen2 weights), ``embed_tokens`` and ``lm_head``;
+* ``vit``: SigLIP, the connector and ``vit_pos_embed``;
+* ``vae``: the autoencoder.
+
+A denoising forward sends every latent token through ``gen`` and only the two image-marker tokens of each CFG
+branch through ``und`` (spec §3.3); text prefill and decoding use only ``und``. So a memory manager that cannot
+hold everything should keep the phase's working group resident and stream the other: ``PHASE_GROUPS`` names
+the groups each phase asks for, ``weight_groups`` gives the layers of each group, and ``denoise_residency``
+estimates, for a device budget, what is resident and what is streamed per denoising step.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .config import BagelConfig
+from .devices import resolve_batch_cfg
+from .checkpoint.memory import GiB, estimate_memory, tensor_bytes
+from .checkpoint.param_inventory import autoencoder_parameter_count, bagel_tensors
+
+GROUPS = ("gen", "und", "vit", "vae")
+_GEN_ROOTS = ("time_embedder", "vae2llm", "llm2vae", "latent_pos_embed")
+_VIT_ROOTS = ("vit_model", "connector", "vit_pos_embed")
+
+# Phase -> groups it computes with, in the order they should become resident. "denoise" lists only the gen
+# expert: the und expert works there on a handful of marker rows and is streamed if it is not resident.
+PHASE_GROUPS = {
+    "prefill_text": ("und",),
+    "prefill_images": ("und", "vit", "gen", "vae"),
+    "decode_text": ("und",),
+    "denoise": ("gen",),
+    "decode_image": ("vae",),
+}
+
+# ComfyUI 0.3.64 keeps this much free besides the working memory (comfy/model_management.py:
+# minimum_inference_memory() = 0.8 GiB + the 0.4 GiB reserve on Linux; extra_mem = max(that, required + reserve)).
+COMFY_MIN_INFERENCE = int(0.8 * GiB)
+COMFY_RESERVE = 400 * 1024 ** 2
+
+
+def group_of(name: str) -> str:
+    """The group of a ``Bagel`` tensor or layer by its qualified name (autoencoder names are not Bagel's)."""
+    root = name.split(".", 1)[0]
+    if root == "language_model":
+        return "gen" if "_moe_gen" in name else "und"
+    if root in _GEN_ROOTS:
+        return "gen"
+    if root in _VIT_ROOTS:
+        return "vit"
+    raise ValueError(f"{name!r} is no BAGEL weight name")
+
+
+def weight_groups(bagel: nn.Module, vae: nn.Module) -> dict[str, list[tuple[str, nn.Module]]]:
+    """The layers (modules that hold tensors themselves) of each group, with their qualified names."""
+    groups: dict[str, list[tuple[str, nn.Module]]] = {group: [] for group in GROUPS}
+    for root, prefix in ((bagel, ""), (vae, "vae.")):
+        for name, module in root.named_modules():
+            if next(module.parameters(recurse=False), None) is None and \
+                    next(module.buffers(recurse=False), None) is None:
+                continue
+            groups["vae" if root is vae else group_of(name)].append((prefix + name, module))
+    return groups
+
+
+def group_bytes(config: BagelConfig, precision: str, policy: str = "default") -> dict[str, int]:
+    """Resident bytes of each group in ``precision`` (the autoencoder is always fp32)."""
+    sizes = dict.fromkeys(GROUPS, 0)
+    for spec in bagel_tensors(config):
+        sizes[group_of(spec.name)] += tensor_bytes(spec, precision, policy)
+    sizes["vae"] = autoencoder_parameter_count(config.ae) * 4
+    return sizes
+
+
+@dataclass(frozen=True)
+class DenoiseResidency:
+    """Estimated residency during denoising for one budget (bytes). ``streamed_per_step`` counts every LM
+    call of a step (one with batched CFG, one per branch otherwise)."""
+
+    precision: str
+    task: str
+    budget: int
+    working: int
+    resident: dict
+    streamed: dict
+    calls_per_step: int
+
+    @property
+    def fits(self) -> bool:
+        """False when even the working memory and ComfyUI's reserve exceed the budget."""
+        return self.budget >= self.working + COMFY_RESERVE
+
+    @property
+    def streamed_per_step(self) -> int:
+        return sum(self.streamed.values()) * self.calls_per_step
+
+
+def denoise_residency(config: BagelConfig, precision: str, budget_bytes: int, task: str = "t2i",
+                      width: int = 1024, height: int = 1024, *, device: str = "cuda",
+                      compute_dtype: torch.dtype | None = None, batch_cfg: bool | None = None,
+                      policy: str = "default") -> DenoiseResidency:
+    """What stays resident during the denoising of one ``task`` call when ``budget_bytes`` are free at its
+    start: ComfyUI keeps the working memory (KV caches + activation peak) and its reserve free, the gen
+    expert fills the rest first, the und expert what remains; vit/vae are evicted. Estimated, to one-layer
+    granularity (ComfyUI moves whole layers)."""
+    estimate = estimate_memory(config, precision, task, width, height, device=device,
+                               compute_dtype=compute_dtype, policy=policy, batch_cfg=batch_cfg,
+                               _with_alternatives=False)
+    working = estimate.kv_cache_bytes + estimate.activation_bytes
+    weights_budget = max(0, budget_bytes - max(COMFY_MIN_INFERENCE + COMFY_RESERVE, working + COMFY_RESERVE))
+    sizes = group_bytes(config, precision, policy)
+    resident, streamed = {}, {}
+    for group in ("gen", "und"):
+        resident[group] = min(sizes[group], weights_budget)
+        streamed[group] = sizes[group] - resident[group]
+        weights_budget -= resident[group]
+    branches = estimate.details["cfg_branches"]
+    calls = 1 if resolve_batch_cfg(batch_cfg, "cuda" if device.startswith("cuda") else "cpu") else branches
+    return DenoiseResidency(precision, task, budget_bytes, working, resident, streamed, calls)
+
+
+def residency_table(config: BagelConfig, precisions, budgets_gib=(8, 12, 16, 24), tasks=("t2i", "edit"),
+                    size: int = 1024, **kwargs) -> list[str]:
+    """Rows of the estimated denoise residency table (GiB), one per precision x task x budget."""
+    rows = ["precision task  size  budget | working | gen resident/streamed | und resident/streamed | "
+            "streamed per step (calls)  [ESTIMATED]"]
+    for precision in precisions:
+        for task in tasks:
+            for budget in budgets_gib:
+                plan = denoise_residency(config, precision, int(budget * GiB), task, size, size, **kwargs)
+                if not plan.fits:
+                    rows.append(f"{precision:9} {task:5} {size:5} {budget:4} GiB | does not fit "
+                                f"(working memory {plan.working / GiB:.1f} GiB)")
+                    continue
+                rows.append(
+                    f"{precision:9} {task:5} {size:5} {budget:4} GiB | {plan.working / GiB:5.1f}   | "
+                    f"{plan.resident['gen'] / GiB:5.1f} / {plan.streamed['gen'] / GiB:5.1f}         | "
+                    f"{plan.resident['und'] / GiB:5.1f} / {plan.streamed['und'] / GiB:5.1f}         | "
+                    f"{plan.streamed_per_step / GiB:5.1f} GiB ({plan.calls_per_step})")
+    return rows
