@@ -25,6 +25,8 @@ test VM (AMD EPYC, avx512_bf16; torch 2.14.1 CPU, ComfyUI 0.3.64) with
 from __future__ import annotations
 
 import argparse
+import gc
+import importlib
 import importlib.util
 import sys
 import tarfile
@@ -179,24 +181,24 @@ def run_modes(pack, handle, args):
 
 
 def make_handle(pack, folder: Path, precision: str, device: torch.device, store: torch.device, seed: int):
-    """The loader node's model handle around a random-weight pipeline built on ``device``."""
+    """The loader node's model handle around a random-weight pipeline: layers from the nodes' ComfyUI
+    operations, weights made on ``device`` and kept on ``store`` (ComfyUI's offload device), as the loader does."""
     from bagel_model import BagelPipeline
+    from bagel_model.checkpoint.quantization import storage_dtype
     from bagel_model.config import BagelConfig
     from bagel_model.devices import resolve_compute_dtype
-    from bagel_model.checkpoint.memory import estimate_memory
     from bagel_model.text.tokenizer import Qwen2Tokenizer
     from random_model import build_random_model
 
     config = BagelConfig.from_folder(folder)
     cdtype = resolve_compute_dtype("auto", device)
-    model, vae, seconds = build_random_model(config, precision, cdtype, device, store, seed)
-    pipeline = BagelPipeline(model, vae, Qwen2Tokenizer.from_folder(folder), cdtype, folder)
+    comfy_ops = importlib.import_module(pack.__name__ + ".nodes.comfy_ops")
+    model_handle = importlib.import_module(pack.__name__ + ".nodes.model_handle")
+    operations = comfy_ops.bagel_operations(storage_dtype(precision), cdtype)
+    model, vae, seconds = build_random_model(config, precision, cdtype, device, store, seed, operations)
+    pipeline = BagelPipeline(model, vae, Qwen2Tokenizer.from_folder(folder), cdtype, folder, device=device)
     pipeline.precision = precision
-    estimate = estimate_memory(config, precision, device=str(device), compute_dtype=cdtype)
-    handle_class = pack.nodes.model_handle.BagelMoTModel
-    handle = handle_class(pipeline, folder.name, precision, estimate.total_bytes - estimate.weights_bytes,
-                          estimate.weights_bytes)
-    return handle, seconds
+    return model_handle.BagelMoTModel(pipeline, folder.name, precision), seconds
 
 
 def peak_bytes(device: torch.device) -> int:
@@ -252,6 +254,7 @@ def check_precision(pack, mm, meter, folder: Path, precision: str, args, deadlin
                            f"{row['streamed']:.2f}", f"{row['load_s']:.2f}", f"{build_s:.1f}", "ok"])
     del handle
     mm.unload_all_models()
+    gc.collect()  # the model of this precision must be gone before the next one is built
     mm.soft_empty_cache()
 
 

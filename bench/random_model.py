@@ -19,6 +19,7 @@ from bagel_model.config import BagelConfig
 from bagel_model.checkpoint.loading import _set_submodule, build_skeleton
 from bagel_model.model.embeddings import sincos_2d_table
 from bagel_model.checkpoint.quantization import QUANTIZED_PRECISIONS, linear_factory, storage_dtype
+from bagel_model.model.ops import TorchOps
 
 
 def _random(name: str, shape: tuple, device: torch.device, generator: torch.Generator) -> torch.Tensor:
@@ -51,14 +52,14 @@ def _fill(module: nn.Module, dtype: torch.dtype, build_device: torch.device, sto
 
 def build_random_model(config: BagelConfig, precision: str, compute_dtype: torch.dtype,
                        build_device: torch.device, store_device: torch.device, seed: int = 0,
-                       **skeleton_options):
-    """``(bagel, autoencoder, seconds)``: random weights in ``precision`` (autoencoder fp32) on ``store_device``.
-
-    ``skeleton_options`` go to ``build_skeleton`` (e.g. the ``operations`` namespace a host injects)."""
+                       operations=TorchOps):
+    """``(bagel, autoencoder, seconds)``: random weights in ``precision`` (autoencoder fp32) on ``store_device``,
+    layers from the ``operations`` namespace (the one a host such as the ComfyUI nodes injects)."""
     start = time.perf_counter()
     generator = torch.Generator(build_device).manual_seed(seed)
-    model, vae = build_skeleton(config, **skeleton_options)
-    factory = linear_factory(precision, compute_dtype) if precision in QUANTIZED_PRECISIONS else None
+    model, vae = build_skeleton(config, operations)
+    factory = (linear_factory(precision, compute_dtype, operations=operations, quantize_device=build_device)
+               if precision in QUANTIZED_PRECISIONS else None)
     with torch.no_grad():
         _fill(model, storage_dtype(precision), build_device, store_device, generator, factory)
         _fill(vae, torch.float32, build_device, store_device, generator)
