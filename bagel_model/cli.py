@@ -8,9 +8,16 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import BagelError
-from .pipeline import EDIT_DEFAULTS, GENERATE_DEFAULTS, BagelPipeline, BagelResult
+from PIL import Image, UnidentifiedImageError
+from safetensors.torch import save_file
+
+from .checkpoint.memory import process_peak_rss_bytes
+from .checkpoint.precision_loading import quantize_folder
+from .errors import BagelError, BagelInputError
+from .generation.sampler import EDIT_DEFAULTS, GENERATE_DEFAULTS, RENORM_TYPES
 from .generation.step_cache import StepCacheSettings
+from .pipeline import BagelPipeline, BagelResult
+from .testing import make_test_checkpoint
 
 log = logging.getLogger("bagel_model")
 
@@ -36,7 +43,7 @@ def _sampler(parser: argparse.ArgumentParser, defaults) -> None:
     parser.add_argument("--timestep-shift", type=float, default=defaults.timestep_shift)
     parser.add_argument("--cfg-renorm-min", type=float, default=defaults.cfg_renorm_min)
     parser.add_argument("--cfg-renorm-type", default=defaults.cfg_renorm_type,
-                        choices=["global", "channel", "text_channel"])
+                        choices=list(RENORM_TYPES))
     parser.add_argument("--think", action="store_true", help="write a plan before the image")
     parser.add_argument("--max-think-tokens", type=int, default=1000, help="new tokens of the plan")
     parser.add_argument("--batch-cfg", default="auto", choices=list(BATCH_CFG_CHOICES),
@@ -96,10 +103,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _open_images(paths: list[str] | None):
-    from PIL import Image, UnidentifiedImageError
-
-    from .errors import BagelInputError
-
     images = []
     for path in paths or []:
         try:
@@ -147,8 +150,6 @@ def _write_outputs(args, result: BagelResult, seconds: float) -> None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         result.images[0].save(out)
     if getattr(args, "save_latent", None) and result.latents:
-        from safetensors.torch import save_file
-
         save_file({"latent": result.latents[0].float().contiguous()}, args.save_latent)
     if args.json:
         image = result.images[0] if result.images else None
@@ -160,8 +161,6 @@ def _write_outputs(args, result: BagelResult, seconds: float) -> None:
 
 
 def peak_rss_mb() -> float:
-    from .checkpoint.memory import process_peak_rss_bytes
-
     return process_peak_rss_bytes() / 2 ** 20
 
 
@@ -171,14 +170,10 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "make-test-checkpoint":
-            from .testing import make_test_checkpoint
-
             path = make_test_checkpoint(args.out_dir, args.preset, args.seed, args.tokenizer)
             sys.stdout.write(f"{path}\n")
             return 0
         if args.command == "quantize":
-            from .checkpoint.prequantized import quantize_folder
-
             sys.stdout.write(f"{quantize_folder(args.model, args.out, args.precision, args.device)}\n")
             return 0
         start = time.perf_counter()

@@ -1,25 +1,13 @@
-"""Configuration of a BAGEL checkpoint folder, with the overrides the official loader applies.
+"""Configuration of a BAGEL model (plain data), with the overrides the official loader applies.
 
 The folder holds a plain Qwen2.5 ``llm_config.json`` and a SigLIP ``vit_config.json``; the official code forces
 the MoT decoder, QK-norm and untied embeddings on the LM, disables the ViT 2-D RoPE and builds one ViT layer
 fewer than the JSON says (so the penultimate layer feeds ``post_layernorm``). The autoencoder uses the FLUX
-defaults unless a test checkpoint carries ``ae_config.json``.
+defaults unless a test checkpoint carries ``ae_config.json``. Reading a folder is checkpoint/folder.py's job.
 """
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import dataclass, field, replace
-from pathlib import Path
-
-from .errors import BagelCheckpointError
-
-LLM_CONFIG = "llm_config.json"
-VIT_CONFIG = "vit_config.json"
-AE_CONFIG = "ae_config.json"
-WEIGHTS_FILE = "ema.safetensors"
-AE_FILE = "ae.safetensors"
-TOKENIZER_FILES = ("vocab.json", "merges.txt")
 
 
 @dataclass(frozen=True)
@@ -104,32 +92,20 @@ class BagelConfig:
         return self.max_latent_size * self.latent_downsample
 
     @classmethod
-    def from_folder(cls, folder: str | Path) -> "BagelConfig":
-        folder = Path(folder)
-        llm_json = _read_json(folder, LLM_CONFIG)
-        vit_json = _read_json(folder, VIT_CONFIG)
-        ae_json = _read_json(folder, AE_CONFIG) if (folder / AE_CONFIG).is_file() else {}
+    def from_json(cls, llm_json: dict, vit_json: dict, ae_json: dict | None = None,
+                  **table_sides: int) -> "BagelConfig":
+        """The config the official loader builds from the folder's JSON files (overrides of spec §1.2).
+
+        ``table_sides`` (``max_latent_size``, ``vit_max_num_patch_per_side``) are the sides of the position
+        tables stored in the weights; checkpoint/folder.py reads them from the weights header.
+        """
         llm = _pick(LLMConfig, llm_json)
         vit_fields = _pick(ViTConfig, vit_json)
         vit = replace(vit_fields, num_hidden_layers=int(vit_json.get("num_hidden_layers", 27)) - 1)
-        ae = _pick(AEConfig, ae_json)
+        ae = _pick(AEConfig, ae_json or {})
         if isinstance(ae.ch_mult, list):
             ae = replace(ae, ch_mult=tuple(ae.ch_mult))
-        config = cls(llm=llm, vit=vit, ae=ae)
-        return replace(config, **_table_sides_from_weights(folder, config))
-
-
-def _read_json(folder: Path, name: str) -> dict:
-    path = folder / name
-    if not path.is_file():
-        raise BagelCheckpointError(
-            f"{name} is missing in the model folder {folder}. A BAGEL folder needs llm_config.json, "
-            f"vit_config.json, ema.safetensors, ae.safetensors and the tokenizer files; download "
-            f"ByteDance-Seed/BAGEL-7B-MoT again or point to the right folder.")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BagelCheckpointError(f"{path} is not valid JSON ({exc}); re-download this file.") from exc
+        return cls(llm=llm, vit=vit, ae=ae, **table_sides)
 
 
 def _pick(cls, values: dict):
@@ -137,34 +113,3 @@ def _pick(cls, values: dict):
     known = {f for f in cls.__dataclass_fields__}
     forced = {"qk_norm", "tie_word_embeddings", "layer_module"}
     return cls(**{k: v for k, v in values.items() if k in known and k not in forced})
-
-
-def _table_sides_from_weights(folder: Path, config: BagelConfig) -> dict:
-    """Reads the side of the two position tables from the checkpoint header.
-
-    The official inference passes ``max_latent_size=64`` and ``vit_max_num_patch_per_side=70``; small test
-    checkpoints use smaller tables, and the stored tables are the only place that records their size.
-    """
-    path = folder / WEIGHTS_FILE
-    if not path.is_file():
-        # A pre-quantized folder (quantized_checkpoint.py) stores the same tables in ema.<precision>.safetensors.
-        from .checkpoint.prequantized import prequantized_weights_path
-
-        path = prequantized_weights_path(folder)
-        if path is None:
-            return {}
-    from .checkpoint.safetensors_header import read_header  # local import: config must stay cheap for meta builds
-
-    header = read_header(path)
-    sides = {}
-    for key, name in (("latent_pos_embed.pos_embed", "max_latent_size"),
-                      ("vit_pos_embed.pos_embed", "vit_max_num_patch_per_side")):
-        if key in header:
-            rows = header[key]["shape"][0]
-            side = math.isqrt(rows)
-            if side * side != rows:
-                raise BagelCheckpointError(
-                    f"{key} in {path} has {rows} rows, which is not a square grid; the file is not a BAGEL "
-                    f"checkpoint.")
-            sides[name] = side
-    return sides

@@ -26,14 +26,12 @@ from .model.autoencoder import AutoEncoder
 from .model.bagel import Bagel
 from .model.ops import TorchOps, set_compute_dtype
 from .generation.runtime import BagelRuntime, ProgressFn
-from .generation.sampler import SamplerSettings
+from .generation.sampler import EDIT_DEFAULTS, GENERATE_DEFAULTS, SamplerSettings
 from .generation.step_cache import StepCacheSettings, resolve_step_cache
 from .text.tokenizer import Qwen2Tokenizer
 
 log = logging.getLogger(__name__)
-
-GENERATE_DEFAULTS = SamplerSettings()
-EDIT_DEFAULTS = SamplerSettings(cfg_img_scale=2.0, cfg_interval=(0.0, 1.0), cfg_renorm_type="text_channel")
+_T2I, _EDIT = GENERATE_DEFAULTS, EDIT_DEFAULTS
 
 
 @dataclass
@@ -150,10 +148,11 @@ class BagelPipeline:
         plan = extract_generated_text(self.tokenizer, ids)
         return BagelResult(text=plan, thinking=plan, token_ids=ids[1:], seconds=time.perf_counter() - start)
 
-    def generate_image(self, prompt: str, width: int = 1024, height: int = 1024, steps: int = 50,
-                       cfg_text_scale: float = 4.0, cfg_img_scale: float = 1.0,
-                       cfg_interval=(0.4, 1.0), timestep_shift: float = 3.0, cfg_renorm_min: float = 0.0,
-                       cfg_renorm_type: str = "global", think: bool = False, max_think_tokens: int = 1000,
+    def generate_image(self, prompt: str, width: int = 1024, height: int = 1024, steps: int = _T2I.steps,
+                       cfg_text_scale: float = _T2I.cfg_text_scale, cfg_img_scale: float = _T2I.cfg_img_scale,
+                       cfg_interval=_T2I.cfg_interval, timestep_shift: float = _T2I.timestep_shift,
+                       cfg_renorm_min: float = _T2I.cfg_renorm_min, cfg_renorm_type: str = _T2I.cfg_renorm_type,
+                       think: bool = False, max_think_tokens: int = 1000,
                        thinking: str | None = None, seed: int = 0, callback: ProgressFn | None = None,
                        do_sample: bool = False, temperature: float = 0.3,
                        inputs: list | None = None, batch_cfg: bool | None = None,
@@ -168,9 +167,10 @@ class BagelPipeline:
         return self._image_flow(items, settings, (width, height), think, max_think_tokens, thinking, seed,
                                 callback, do_sample, temperature, speed)
 
-    def edit_image(self, images, prompt: str, steps: int = 50, cfg_text_scale: float = 4.0,
-                   cfg_img_scale: float = 2.0, cfg_interval=(0.0, 1.0), timestep_shift: float = 3.0,
-                   cfg_renorm_min: float = 0.0, cfg_renorm_type: str = "text_channel", think: bool = False,
+    def edit_image(self, images, prompt: str, steps: int = _EDIT.steps, cfg_text_scale: float = _EDIT.cfg_text_scale,
+                   cfg_img_scale: float = _EDIT.cfg_img_scale, cfg_interval=_EDIT.cfg_interval,
+                   timestep_shift: float = _EDIT.timestep_shift, cfg_renorm_min: float = _EDIT.cfg_renorm_min,
+                   cfg_renorm_type: str = _EDIT.cfg_renorm_type, think: bool = False,
                    max_think_tokens: int = 1000, thinking: str | None = None, output_size=None,
                    seed: int = 0, callback: ProgressFn | None = None, do_sample: bool = False,
                    temperature: float = 0.3, inputs: list | None = None, batch_cfg: bool | None = None,

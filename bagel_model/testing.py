@@ -17,10 +17,12 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+from tokenizers.pre_tokenizers import ByteLevel
 
+from .checkpoint.folder import read_config
+from .checkpoint.loading import build_skeleton
 from .config import AEConfig
 from .model.embeddings import sincos_2d_table
-from .text.tokenizer import bytes_to_unicode
 
 log = logging.getLogger(__name__)
 
@@ -91,10 +93,7 @@ def make_test_checkpoint(out_dir: str | Path, preset: str = "tiny", seed: int = 
                          tokenizer_dir: str | Path | None = None) -> Path:
     out, source = write_test_folder(out_dir, preset, tokenizer_dir)
     generator = torch.Generator().manual_seed(seed)
-    from .config import BagelConfig
-    from .checkpoint.loading import build_skeleton
-
-    model, vae = build_skeleton(BagelConfig.from_folder(out))
+    model, vae = build_skeleton(read_config(out))
     save_file(_random_state(model, generator, torch.bfloat16), str(out / "ema.safetensors"),
               metadata={"format": "pt"})
     save_file(_random_state(vae, generator, torch.float32), str(out / "ae.safetensors"), metadata={"format": "pt"})
@@ -131,7 +130,8 @@ def _write_tokenizer(out: Path, source: Path | None) -> int:
         first_added = len(json.loads((source / "vocab.json").read_text(encoding="utf-8")))
         vocab_rows = 152064
     else:
-        vocab = {char: index for index, char in enumerate(bytes_to_unicode().values())}
+        # One token per byte, in GPT-2's byte-alphabet order (its characters sorted by code point).
+        vocab = {char: index for index, char in enumerate(sorted(ByteLevel.alphabet()))}
         for merge in TINY_MERGES:
             vocab.setdefault(merge.replace(" ", ""), len(vocab))
         (out / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))

@@ -21,7 +21,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bagel_model import make_test_checkpoint  # noqa: E402
-from bagel_model.config import BagelConfig  # noqa: E402
+from bagel_model.checkpoint.folder import read_config  # noqa: E402
 from bagel_model.checkpoint.loading import build_skeleton, load_module_weights  # noqa: E402
 from bagel_model.checkpoint.memory import process_peak_rss_bytes  # noqa: E402
 from bagel_model.model import banded_autoencoder  # noqa: E402
@@ -35,7 +35,7 @@ def peak_bytes(device: torch.device) -> int:
 
 def worker(folder: str, size: int, device_name: str, banded: bool) -> dict:
     device = torch.device(device_name)
-    config = BagelConfig.from_folder(folder)
+    config = read_config(folder)
     _, vae = build_skeleton(config)
     load_module_weights(vae, Path(folder) / "ae.safetensors", device, torch.float32)
     vae.eval()

@@ -24,8 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bagel_model import BagelPipeline, make_test_checkpoint  # noqa: E402
 from bagel_model.generation.denoise import denoise  # noqa: E402
 from bagel_model.generation.images import unpatchify_latent  # noqa: E402
-from bagel_model.pipeline import EDIT_DEFAULTS, GENERATE_DEFAULTS  # noqa: E402
-from bagel_model.generation.sampler import SamplerSettings  # noqa: E402
+from bagel_model.generation.sampler import EDIT_DEFAULTS, GENERATE_DEFAULTS, SamplerSettings  # noqa: E402
 from bagel_model.generation.step_cache import StepCacheSettings  # noqa: E402
 
 PROMPT = "A lighthouse on a rocky coast at sunset, oil painting"

@@ -185,12 +185,12 @@ def make_handle(pack, folder: Path, precision: str, device: torch.device, store:
     operations, weights made on ``device`` and kept on ``store`` (ComfyUI's offload device), as the loader does."""
     from bagel_model import BagelPipeline
     from bagel_model.checkpoint.quantization import storage_dtype
-    from bagel_model.config import BagelConfig
+    from bagel_model.checkpoint.folder import read_config
     from bagel_model.devices import resolve_compute_dtype
     from bagel_model.text.tokenizer import Qwen2Tokenizer
     from random_model import build_random_model
 
-    config = BagelConfig.from_folder(folder)
+    config = read_config(folder)
     cdtype = resolve_compute_dtype("auto", device)
     comfy_ops = importlib.import_module(pack.__name__ + ".nodes.comfy_ops")
     model_handle = importlib.import_module(pack.__name__ + ".nodes.model_handle")

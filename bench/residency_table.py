@@ -2,7 +2,7 @@
 memory, what of the gen / und experts stays resident and what is streamed per denoising step.
 
 Usage: python bench/residency_table.py [--budgets 8 12 16 24] [--size 1024] [--no-batch-cfg]
-Analytic (bagel_model.residency.denoise_residency, from the memory estimate): nothing is measured, every row
+Analytic (bagel_model.checkpoint.residency.denoise_residency, from the memory estimate): nothing is measured, every row
 is labelled ESTIMATED. The budget is the device memory free when the call starts.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bagel_model.config import BagelConfig  # noqa: E402
 from bagel_model.checkpoint.quantization import PRECISIONS  # noqa: E402
-from bagel_model.residency import residency_table  # noqa: E402
+from bagel_model.checkpoint.residency import residency_table  # noqa: E402
 
 
 def main() -> None:

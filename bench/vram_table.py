@@ -4,7 +4,7 @@ ComfyUI streams per step, which cards each combination targets, and what ``preci
     python bench/vram_table.py [--cards 8,12,16,24]
 
 Nothing is measured here (bench/gpu_check.py measures). From the configs of the real BAGEL-7B-MoT:
-* T2I / edit: ``bagel_model.residency.denoise_residency`` (the phase-aware plan of the ComfyUI nodes: during
+* T2I / edit: ``bagel_model.checkpoint.residency.denoise_residency`` (the phase-aware plan of the ComfyUI nodes: during
   denoising the gen expert is made resident first, the und expert gets what is left, ViT and autoencoder are
   offloaded; ComfyUI keeps the call's working memory and its reserve free);
 * understand: the decoding phase uses only the und expert (+ embeddings, ``lm_head``), streamed per token;
@@ -22,7 +22,8 @@ from bagel_model.checkpoint.auto_precision import (AUTO_ORDER, MAX_STREAMED_FRAC
                                                    choose_precision)
 from bagel_model.checkpoint.memory import GiB, estimate_memory  # noqa: E402
 from bagel_model.config import BagelConfig  # noqa: E402
-from bagel_model.residency import COMFY_MIN_INFERENCE, COMFY_RESERVE, denoise_residency, group_bytes  # noqa: E402
+from bagel_model.checkpoint.residency import (COMFY_MIN_INFERENCE, COMFY_RESERVE, denoise_residency,  # noqa: E402
+                                              group_bytes)
 
 CARDS = {8: "RTX 4060 / 3070 / 2080", 12: "RTX 3060 12 GB / 4070 / 3080 12 GB",
          16: "RTX 4060 Ti 16 GB / 4070 Ti Super / 4080 / 5080", 24: "RTX 3090 / 4090 / A5000"}

@@ -11,9 +11,9 @@ import logging
 
 import comfy.model_management as mm
 
-from bagel_model.config import BagelConfig
+from bagel_model.checkpoint.folder import read_config
 from bagel_model.checkpoint.memory import estimate_memory
-from bagel_model.residency import COMFY_MIN_INFERENCE, COMFY_RESERVE
+from bagel_model.checkpoint.residency import COMFY_MIN_INFERENCE, COMFY_RESERVE
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def check_fits(folder_path: str, folder_name: str, precision: str) -> tuple[int,
     """Logs the estimate; raises ValueError with numbers when it cannot work on ComfyUI's devices.
 
     Returns (weight_bytes, working_bytes of a 1024x1024 text-to-image call)."""
-    config = BagelConfig.from_folder(folder_path)
+    config = read_config(folder_path)
     device, offload = mm.get_torch_device(), mm.unet_offload_device()
     large, small = _estimate(config, precision, device, 1024), _estimate(config, precision, device, 512)
     capacity, host = int(mm.get_total_memory(device)), int(mm.get_total_memory(offload))

@@ -46,13 +46,12 @@ def resolve_precision(folder_path: str, folder_name: str, precision: str):
     if precision != AUTO:
         return precision, None
     from bagel_model.checkpoint.auto_precision import choose_precision, log_choice, runnable_candidates
-    from bagel_model.config import BagelConfig
     from bagel_model.devices import resolve_compute_dtype
-    from bagel_model.checkpoint.prequantized import read_marker
+    from bagel_model.checkpoint.folder import read_config, read_marker
 
     device = mm.get_torch_device()
     marker = read_marker(folder_path)
-    config = BagelConfig.from_folder(folder_path)
+    config = read_config(folder_path)
     choice = choose_precision(config, comfy_device_memory(device), device=str(device),
                               compute_dtype=resolve_compute_dtype("auto", device),
                               candidates=runnable_candidates(),

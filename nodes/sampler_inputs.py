@@ -1,26 +1,11 @@
-"""Sampler settings shared by Text to Image and Edit, with per-node defaults."""
-from dataclasses import dataclass
+"""Sampler widgets shared by Text to Image and Edit; their defaults are the core's (bagel_model.generation.sampler)."""
+from bagel_model.generation.sampler import EDIT_DEFAULTS, RENORM_TYPES, SamplerSettings
+from bagel_model.generation.sampler import GENERATE_DEFAULTS as TEXT_TO_IMAGE_DEFAULTS  # the node's name for it
 
 from .model_handle import MODEL_TYPE
 from .validation import MAX_SIDE, MIN_SIDE, SIZE_MULTIPLE, interval_problem, text_problem
 
-RENORM_TYPES = ("global", "channel", "text_channel")
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
-
-
-@dataclass(frozen=True)
-class SamplerDefaults:
-    cfg_text_scale: float
-    cfg_img_scale: float
-    cfg_interval: tuple[float, float]
-    cfg_renorm_type: str
-    steps: int = 50
-    timestep_shift: float = 3.0
-    cfg_renorm_min: float = 0.0
-
-
-TEXT_TO_IMAGE_DEFAULTS = SamplerDefaults(4.0, 1.0, (0.4, 1.0), "global")
-EDIT_DEFAULTS = SamplerDefaults(4.0, 2.0, (0.0, 1.0), "text_channel")
 
 
 def model_input():
@@ -56,7 +41,7 @@ def thinking_input():
     return text_input("Optional plan from the BAGEL-MoT Think node (editable). Empty = no plan.")
 
 
-def sampler_input_types(defaults: SamplerDefaults) -> dict:
+def sampler_input_types(defaults: SamplerSettings) -> dict:
     """Widget specs in the order they appear on the node (workflow widgets_values rely on it)."""
     def scale(default, tooltip):
         return ("FLOAT", {"default": default, "min": 0.0, "max": 20.0, "step": 0.1, "tooltip": tooltip})

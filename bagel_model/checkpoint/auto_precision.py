@@ -38,7 +38,7 @@ import torch
 from ..config import BagelConfig
 from .memory import GiB, available_memory, estimate_memory
 from .quantization import BITSANDBYTES_PRECISIONS, PRECISIONS
-from .prequantized import read_marker
+from .folder import read_config, read_marker
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ def resolve_auto(folder: str | Path, device: torch.device, compute_dtype: torch.
         choice = choose_precision(BagelConfig(), DeviceMemory(0), prequantized=marker["precision"])
     else:
         total = available_memory(device) if available_bytes is None else int(available_bytes)
-        choice = choose_precision(BagelConfig.from_folder(folder), DeviceMemory(total), device=str(device),
+        choice = choose_precision(read_config(folder), DeviceMemory(total), device=str(device),
                                   compute_dtype=compute_dtype, candidates=runnable_candidates())
     log_choice(choice, str(folder))
     return choice

@@ -13,11 +13,12 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from ..config import AE_FILE, WEIGHTS_FILE, BagelConfig
+from ..config import BagelConfig
 from ..errors import BagelCheckpointError
 from ..model.autoencoder import AutoEncoder
 from ..model.bagel import Bagel
 from ..model.ops import TorchOps
+from .folder import AE_FILE, WEIGHTS_FILE, read_config
 from .safetensors_header import read_header
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ def load_module_weights(module: nn.Module, path: Path, device: torch.device, dty
                 tensors = {k: _convert(reader.get_tensor(_key(name, k)), device, dtype) for k in persistent}
             replacement = linear_factory(name, leaf, tensors) if linear_factory else None
             if replacement is not None:
-                _set_submodule(module, name, replacement)
+                set_submodule(module, name, replacement)
                 continue
             for attr, tensor in tensors.items():
                 requires_grad = False
@@ -105,7 +106,7 @@ def _convert(tensor: torch.Tensor, device: torch.device, dtype: torch.dtype | No
     return tensor.clone() if tensor is mapped else tensor
 
 
-def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
+def set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = root.get_submodule(parent_name) if parent_name else root
     setattr(parent, child, new)
@@ -126,7 +127,7 @@ def load_bagel(folder: str | Path, device: torch.device, dtype: torch.dtype,
     folder = Path(folder)
     if not folder.is_dir():
         raise BagelCheckpointError(f"Model folder {folder} does not exist.")
-    config = BagelConfig.from_folder(folder)
+    config = read_config(folder)
     required_files(folder)
     model, vae = build_skeleton(config, operations)
     log.info("Loading %s to %s as %s", folder / WEIGHTS_FILE, device, dtype)

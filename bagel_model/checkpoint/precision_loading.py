@@ -14,14 +14,16 @@ from pathlib import Path
 
 import torch
 
-from ..config import AE_FILE, WEIGHTS_FILE, BagelConfig
+from ..config import BagelConfig
+from ..devices import resolve_device
 from ..errors import BagelCheckpointError, BagelInputError
 from ..model.ops import TorchOps
+from .folder import AE_FILE, WEIGHTS_FILE, read_config, read_marker
 from .loading import build_skeleton, load_bagel, load_module_weights
 from .memory import GiB, MemoryEstimate, available_memory, check_fits, estimate_memory
 from .quantization import (BITSANDBYTES_PRECISIONS, QUANTIZED_PRECISIONS, check_precision, import_bitsandbytes,
                            linear_factory, probe_device, storage_dtype)
-from .prequantized import load_prequantized_weights, read_marker
+from .prequantized import load_prequantized_weights, save_quantized
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +96,7 @@ def load_with_precision(folder: str | Path, precision: str, device: torch.device
     if precision in BITSANDBYTES_PRECISIONS:
         import_bitsandbytes(precision)
         probe_device(precision, compute_device, compute_dtype)
-    config = BagelConfig.from_folder(folder)
+    config = read_config(folder)
     policy = policy if marker is None else marker.get("policy", policy)
     estimate = estimate_memory(config, precision, device=str(compute_device), compute_dtype=compute_dtype,
                                policy=policy)
@@ -127,3 +129,16 @@ def _return_freed_heap_to_os() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc (macOS, Windows, musl): nothing to do
         pass
+
+
+def quantize_folder(model_dir: str | Path, out_dir: str | Path, precision: str, device: str = "auto",
+                    policy: str = "default") -> Path:
+    """Streams ``model_dir`` into ``precision`` on ``device`` and writes the pre-quantized folder ``out_dir``."""
+    if precision not in QUANTIZED_PRECISIONS:
+        raise BagelInputError(f"quantize needs --precision {' or '.join(QUANTIZED_PRECISIONS)}, not "
+                              f"{precision!r}.")
+    if read_marker(model_dir) is not None:
+        raise BagelInputError(f"{model_dir} is already pre-quantized; quantize the original BAGEL folder.")
+    target = resolve_device(device)
+    _, model, _ = load_with_precision(model_dir, precision, target, torch.float32, policy=policy)
+    return save_quantized(model, model_dir, out_dir, precision, policy=policy)

@@ -27,6 +27,8 @@ from torch import nn
 from ..errors import BagelCheckpointError, BagelInputError
 from ..model.ops import Linear, TorchOps
 from .fp8 import Fp8Linear, fill_fp8_linear, fp8_linear_tensors, is_fp8_linear
+from .folder import FORMAT_NAME, FORMAT_VERSION, MARKER_FILE, weights_file_name
+from .loading import set_submodule
 from .quantization import (BITSANDBYTES_PRECISIONS, INT8_OUTLIER_THRESHOLD, NF4_BLOCKSIZE, QUANTIZED_PRECISIONS,
                            _linear_classes, import_bitsandbytes, is_quantized_linear, storage_dtype)
 from .safetensors_header import read_header
@@ -34,45 +36,9 @@ from .safetensors_writer import write_safetensors
 
 log = logging.getLogger(__name__)
 
-MARKER_FILE = "quantization_config.json"
-FORMAT_NAME = "bagel_model.prequantized"
-FORMAT_VERSION = 1
 _NF4_STATE_KEY = "weight.quant_state.bitsandbytes__nf4"
 _COPIED_FILES = ("llm_config.json", "vit_config.json", "ae_config.json", "ae.safetensors", "vocab.json",
                  "merges.txt", "tokenizer.json", "tokenizer_config.json", "generation_config.json")
-
-
-def weights_file_name(precision: str) -> str:
-    return f"ema.{precision}.safetensors"
-
-
-def read_marker(folder: str | Path) -> dict | None:
-    """The parsed marker of a pre-quantized folder, None for an ordinary folder; raises if it is unusable."""
-    path = Path(folder) / MARKER_FILE
-    if not path.is_file():
-        return None
-    try:
-        marker = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BagelCheckpointError(f"{path} is not valid JSON ({exc}); quantize the model again.") from exc
-    if marker.get("format") != FORMAT_NAME or marker.get("version") != FORMAT_VERSION:
-        raise BagelCheckpointError(
-            f"{path} describes format {marker.get('format')!r} v{marker.get('version')}, but this version of "
-            f"bagel_model reads {FORMAT_NAME} v{FORMAT_VERSION}; quantize the original folder again.")
-    if marker.get("precision") not in QUANTIZED_PRECISIONS:
-        raise BagelCheckpointError(f"{path} names precision {marker.get('precision')!r}; expected one of "
-                                   f"{', '.join(QUANTIZED_PRECISIONS)}.")
-    weights = Path(folder) / marker["weights_file"]
-    if not weights.is_file():
-        raise BagelCheckpointError(
-            f"{weights} is missing although {path} announces it; copy the whole pre-quantized folder or "
-            f"quantize again with `python -m bagel_model quantize`.")
-    return marker
-
-
-def prequantized_weights_path(folder: str | Path) -> Path | None:
-    marker = read_marker(folder)
-    return None if marker is None else Path(folder) / marker["weights_file"]
 
 
 def quantized_linear_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -213,8 +179,6 @@ _QUANTIZED_MARKS = ("SCB", "scale_weight", _NF4_STATE_KEY)  # a Linear stored wi
 def load_prequantized_weights(module: nn.Module, path: Path, device: torch.device, precision: str,
                               compute_dtype: torch.dtype, operations=TorchOps) -> nn.Module:
     """Fills a meta-device ``Bagel`` from a pre-quantized weights file (strict: every key used, none missing)."""
-    from .loading import _set_submodule
-
     header = read_header(path)
     consumed: set[str] = set()
     try:
@@ -224,8 +188,8 @@ def load_prequantized_weights(module: nn.Module, path: Path, device: torch.devic
                 if isinstance(leaf, Linear) and any(prefix + mark in header for mark in _QUANTIZED_MARKS):
                     keys = [prefix + s for s in _QUANTIZED_SUFFIXES if prefix + s in header]
                     tensors = {k[len(prefix):]: reader.get_tensor(k) for k in keys}
-                    _set_submodule(module, name, quantized_linear_from_tensors(name, tensors, device,
-                                                                               compute_dtype, operations))
+                    set_submodule(module, name, quantized_linear_from_tensors(name, tensors, device,
+                                                                              compute_dtype, operations))
                     consumed.update(keys)
                     continue
                 _assign_plain_tensors(leaf, prefix, header, reader, device, storage_dtype(precision), path)
@@ -264,19 +228,3 @@ def _assign_plain_tensors(leaf: nn.Module, prefix: str, header: dict, reader, de
             tensor = tensor.to(dtype)
         tensor = tensor.to(device)
         setattr(leaf, attr, nn.Parameter(tensor, requires_grad=False) if attr in params else tensor)
-
-
-def quantize_folder(model_dir: str | Path, out_dir: str | Path, precision: str, device: str = "auto",
-                    policy: str = "default") -> Path:
-    """Streams ``model_dir`` into ``precision`` on ``device`` and writes the pre-quantized folder ``out_dir``."""
-    from ..devices import resolve_device
-    from .precision_loading import load_with_precision
-
-    if precision not in QUANTIZED_PRECISIONS:
-        raise BagelInputError(f"quantize needs --precision {' or '.join(QUANTIZED_PRECISIONS)}, not "
-                              f"{precision!r}.")
-    if read_marker(model_dir) is not None:
-        raise BagelInputError(f"{model_dir} is already pre-quantized; quantize the original BAGEL folder.")
-    target = resolve_device(device)
-    _, model, _ = load_with_precision(model_dir, precision, target, torch.float32, policy=policy)
-    return save_quantized(model, model_dir, out_dir, precision, policy=policy)

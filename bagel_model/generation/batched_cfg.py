@@ -1,4 +1,5 @@
-"""Batched CFG: every CFG branch of one denoise step in a single LM call (see ``model/branches.py``).
+"""The one velocity path: the CFG branches of one denoise step in a single LM call (see ``model/branches.py``);
+one branch at a time is the same call with one context.
 
 The branches share the query tokens, so the latent embedding, marker embeddings, every projection/MLP GEMM
 and ``llm2vae`` run once over the stacked rows instead of once per branch; attention still runs per branch
@@ -44,6 +45,7 @@ def velocities_from_hidden(runtime: BagelRuntime, hidden: list[torch.Tensor]) ->
     return list(v.split(hidden[0].shape[0]))
 
 
-def batched_velocities(runtime: BagelRuntime, contexts: list[Context], query: GenerationQuery,
-                       x_t: torch.Tensor, t: torch.Tensor) -> list[torch.Tensor]:
+def velocities(runtime: BagelRuntime, contexts: list[Context], query: GenerationQuery, x_t: torch.Tensor,
+               t: torch.Tensor) -> list[torch.Tensor]:
+    """Velocity (compute dtype) of the latent tokens against each context, all in one LM call."""
     return velocities_from_hidden(runtime, branch_hidden(runtime, contexts, query, x_t, t))

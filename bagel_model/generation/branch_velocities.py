@@ -22,9 +22,6 @@ class BranchVelocities:
 
     def __call__(self, contexts: dict[str, Context], x: torch.Tensor, t: torch.Tensor) -> dict[str, torch.Tensor]:
         """``contexts``: branch name → context, in the order the sequential path evaluates them."""
-        if self.step_cache is None and not self.batch_cfg:
-            # The reference path: one complete LM call per branch (what the parity tests pin down).
-            return {name: self.runtime.velocity(ctx, self.query, x, t) for name, ctx in contexts.items()}
         if self.step_cache is None:
             return dict(zip(contexts, self._hidden_to_velocity(self._compute(list(contexts.values()), x, t))))
         return self._cached(contexts, x, t)

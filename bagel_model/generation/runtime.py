@@ -1,4 +1,4 @@
-"""Low-level BAGEL operations on contexts: prefill text / ViT image / VAE image, one denoise forward, and
+"""Low-level BAGEL operations on contexts: prefill text / ViT image / VAE image, and
 text decoding. Every call runs on the device of the weights in the configured compute dtype."""
 from __future__ import annotations
 
@@ -126,15 +126,6 @@ class BagelRuntime:
         grid_h, grid_w = height // self.config.latent_downsample, width // self.config.latent_downsample
         ids = grid_position_ids(grid_h, grid_w, self.config.max_latent_size, self.device)
         return GenerationQuery(grid_h, grid_w, ids)
-
-    @torch.no_grad()
-    def velocity(self, ctx: Context, query: GenerationQuery, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """One denoise forward of the generated block against ``ctx`` (cache read only); returns v (compute
-        dtype) for the latent tokens."""
-        tokens = self.model.embed_latents(x_t.to(self.device), t.to(self.device), query.position_ids, self.dtype)
-        x, block = self._image_block(tokens, ctx.rope, GEN)
-        hidden = self.model.lm(x, block, ctx, update=False)
-        return self.model.llm2vae(hidden[1:-1])
 
     @torch.no_grad()
     def decode_text(self, ctx: Context, max_new_tokens: int, do_sample: bool, temperature: float,

@@ -41,6 +41,11 @@ class SamplerSettings:
         return 1.0, 1.0
 
 
+# The official defaults of each task, defined here only: the API signatures, the CLI and the nodes use them.
+GENERATE_DEFAULTS = SamplerSettings()
+EDIT_DEFAULTS = SamplerSettings(cfg_img_scale=2.0, cfg_interval=(0.0, 1.0), cfg_renorm_type="text_channel")
+
+
 def schedule(steps: int, shift: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Shifted times t_0..t_{N-2} and their step sizes dt_i = t_i − t_{i+1} (float32)."""
     t = torch.linspace(1, 0, steps)

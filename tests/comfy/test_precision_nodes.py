@@ -52,11 +52,11 @@ def test_bundled_workflows_load_with_auto():
 
 def test_auto_follows_comfy_memory(loader, tiny_checkpoint, monkeypatch):
     import comfy.model_management as mm
-    from bagel_model.config import BagelConfig
+    from bagel_model.checkpoint.folder import read_config
     from bagel_model.devices import resolve_compute_dtype
     from bagel_model.checkpoint.memory import estimate_memory
 
-    config = BagelConfig.from_folder(tiny_checkpoint)
+    config = read_config(tiny_checkpoint)
     roomy = loader().load(tiny_checkpoint.name, "auto", False)[0]
     assert roomy.precision == "bf16"  # this CPU's free RAM holds the tiny model many times
     dtype = resolve_compute_dtype("auto", torch.device("cpu"))

@@ -3,6 +3,7 @@ import re
 
 import torch
 
+from bagel_model.checkpoint.folder import read_config
 from bagel_model.config import BagelConfig
 from bagel_model.checkpoint.loading import build_skeleton
 
@@ -53,7 +54,7 @@ def test_real_shapes_of_key_tensors():
 
 
 def test_config_overrides_from_folder(tiny_checkpoint):
-    config = BagelConfig.from_folder(tiny_checkpoint)
+    config = read_config(tiny_checkpoint)
     assert config.llm.layer_module == "Qwen2MoTDecoderLayer" and config.llm.qk_norm
     assert config.llm.tie_word_embeddings is False
     assert config.vit.num_hidden_layers == 2  # vit_config.json says 3

@@ -12,7 +12,8 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from bagel_model import BagelPipeline
-from bagel_model.generation.sampler import SamplerSettings
+from bagel_model.generation.batched_cfg import velocities
+from bagel_model.generation.sampler import SamplerSettings, combine_cfg, schedule
 
 
 @pytest.fixture(scope="module")
@@ -46,17 +47,15 @@ def _first_divergent_step(pipe, golden, mode, settings, items, size):
     gen = torch.Generator().manual_seed(settings["seed"])
     cond = pipe.builder.build(items, None, True, gen)
     sampler = SamplerSettings(**{k: v for k, v in _sampler_kwargs(settings).items() if k != "seed"})
-    from bagel_model.generation.sampler import combine_cfg, schedule
-
     cfg_img = pipe.builder.image_cfg_context(cond) if sampler.cfg_img_scale > 1 else None
     query = pipe.runtime.generation_query(size[1], size[0])
     errors = []
     for i, t in enumerate(schedule(sampler.steps, sampler.timestep_shift)[0]):
         x = tensors[f"step{i}_x_t"]
         ts, im = sampler.scales_at(t)
-        v = pipe.runtime.velocity(cond.gen, query, x, t)
-        vt = pipe.runtime.velocity(cond.cfg_text, query, x, t) if ts > 1 else None
-        vi = pipe.runtime.velocity(cfg_img, query, x, t) if (ts > 1 and im > 1) else None
+        v = velocities(pipe.runtime, [cond.gen], query, x, t)[0]
+        vt = velocities(pipe.runtime, [cond.cfg_text], query, x, t)[0] if ts > 1 else None
+        vi = velocities(pipe.runtime, [cfg_img], query, x, t)[0] if (ts > 1 and im > 1) else None
         out = combine_cfg(v, vt, vi, ts, im, sampler.cfg_renorm_min, sampler.cfg_renorm_type).float()
         ref = tensors[f"step{i}_v_t"]
         errors.append(float((out - ref).norm() / ref.norm()))

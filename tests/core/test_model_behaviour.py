@@ -3,6 +3,7 @@ import torch
 from PIL import Image
 
 import bagel_model.pipeline as pipeline_module
+from bagel_model.generation import branch_velocities
 from bagel_model.model.attention import attend, bottom_right_causal_mask
 from bagel_model.model.kv_cache import Context
 from bagel_model.model.qwen2_mot import GEN, UND, Block, Segment
@@ -59,16 +60,17 @@ def test_mot_routing_uses_each_expert_only_for_its_tokens(tiny_pipe):
 
 
 def _record_velocity_contexts(pipe, monkeypatch):
-    """(length, rope) of every branch evaluated; the flows below run with batch_cfg=False, the path that
-    evaluates one branch per ``runtime.velocity`` call (tests/speed checks the batched path gives the same)."""
+    """(length, rope) of every branch evaluated; the flows below run with batch_cfg=False, where each LM call
+    of the velocity path gets one branch (tests/speed checks the batched path gives the same)."""
     calls = []
-    original = pipe.runtime.velocity
+    original = branch_velocities.branch_hidden
 
-    def recording(ctx, query, x_t, t):
-        calls.append((ctx.length, ctx.rope))
-        return original(ctx, query, x_t, t)
+    def recording(runtime, contexts, *args, **kwargs):
+        assert len(contexts) == 1
+        calls.extend((ctx.length, ctx.rope) for ctx in contexts)
+        return original(runtime, contexts, *args, **kwargs)
 
-    monkeypatch.setattr(pipe.runtime, "velocity", recording)
+    monkeypatch.setattr(branch_velocities, "branch_hidden", recording)
     return calls
 
 

@@ -12,7 +12,7 @@ from bagel_model import BagelPipeline
 from bagel_model.config import BagelConfig
 from bagel_model.checkpoint.loading import build_skeleton
 from bagel_model.model.ops import CastAtUse
-from bagel_model.residency import GROUPS, group_bytes, group_of, weight_groups
+from bagel_model.checkpoint.residency import GROUPS, group_bytes, group_of, weight_groups
 
 
 def run_all_flows(pipe) -> dict:

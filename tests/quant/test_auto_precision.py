@@ -7,6 +7,7 @@ import pytest
 from bagel_model import BagelPipeline
 from bagel_model.checkpoint.auto_precision import (MAX_STREAMED_FRACTION, DeviceMemory, choose_precision,
                                         evaluate_precision)
+from bagel_model.checkpoint.folder import read_config
 from bagel_model.config import BagelConfig
 from bagel_model.checkpoint.memory import GiB, estimate_memory
 
@@ -83,7 +84,7 @@ def test_prequantized_folder_wins():
 
 
 def test_core_loader_resolves_auto_from_the_budget(tiny_checkpoint, caplog):
-    config = BagelConfig.from_folder(tiny_checkpoint)
+    config = read_config(tiny_checkpoint)
     fp8 = estimate_memory(config, "fp8_e4m3fn", "t2i", 1024, 1024, device="cpu")
     bf16 = estimate_memory(config, "bf16", "t2i", 1024, 1024, device="cpu")
     assert fp8.total_bytes < bf16.total_bytes

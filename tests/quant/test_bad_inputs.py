@@ -77,10 +77,10 @@ def test_device_that_bitsandbytes_cannot_use(tiny_checkpoint, monkeypatch):
 
 
 def test_memory_refusal_names_numbers_and_a_precision_that_fits(tiny_checkpoint):
-    from bagel_model.config import BagelConfig
+    from bagel_model.checkpoint.folder import read_config
     from bagel_model.checkpoint.memory import BagelMemoryError, estimate_memory
 
-    config = BagelConfig.from_folder(tiny_checkpoint)
+    config = read_config(tiny_checkpoint)
     estimate = estimate_memory(config, "fp32", "t2i", 512, 512, device="cpu", compute_dtype=torch.float32)
     budget = (estimate.total_by_precision["nf4"] + estimate.total_bytes) // 2
     with pytest.raises(BagelMemoryError, match=r"Not enough memory on cpu: fp32.*GiB.*precision '(bf16|int8|nf4)'"):

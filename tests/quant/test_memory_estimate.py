@@ -1,11 +1,15 @@
 """Memory estimate at real dimensions (spec §2.5, §3.6, §8) and the fit check."""
+import math
+
 import pytest
 import torch
 
 from bagel_model.config import BagelConfig
 from bagel_model.checkpoint.memory import (BagelMemoryError, GiB, check_fits, estimate_memory, official_weight_bytes,
                                 weight_bytes)
+from bagel_model.checkpoint.folder import read_config
 from bagel_model.checkpoint.param_inventory import autoencoder_parameter_count, bagel_tensors
+from bagel_model.checkpoint.safetensors_header import read_header
 
 REAL = BagelConfig()
 
@@ -17,13 +21,16 @@ def test_inventory_matches_the_spec_counts():
     assert autoencoder_parameter_count(REAL.ae) == 83_819_683
 
 
-def test_inventory_matches_the_meta_skeleton():
-    from bagel_model.checkpoint.loading import build_skeleton
-
-    model, vae = build_skeleton(REAL)
-    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == \
-        {t.name: t.shape for t in bagel_tensors(REAL)}
-    assert sum(p.numel() for p in vae.parameters()) == autoencoder_parameter_count(REAL.ae)
+def test_inventory_describes_the_checkpoint_files(tiny_checkpoint):
+    """The inventory (read off the meta skeleton) lists exactly the tensors of the folder's weight files."""
+    config = read_config(tiny_checkpoint)
+    header = read_header(tiny_checkpoint / "ema.safetensors")
+    assert {name: tuple(h["shape"]) for name, h in header.items()} == {t.name: t.shape for t in bagel_tensors(config)}
+    ae_header = read_header(tiny_checkpoint / "ae.safetensors")
+    assert sum(math.prod(h["shape"]) for h in ae_header.values()) == autoencoder_parameter_count(config.ae)
+    linear_weights = {t.name for t in bagel_tensors(config) if t.is_linear_weight}
+    assert "language_model.model.layers.0.mlp_moe_gen.down_proj.weight" in linear_weights
+    assert not any("norm" in name or "pos_embed" in name for name in linear_weights)
 
 
 def test_full_precision_weights():

@@ -9,7 +9,7 @@ from bagel_model import BagelPipeline
 from bagel_model.checkpoint import quantization
 from bagel_model.cli import main as cli_main
 from bagel_model.errors import BagelCheckpointError, BagelInputError
-from bagel_model.checkpoint.prequantized import MARKER_FILE, weights_file_name
+from bagel_model.checkpoint.folder import MARKER_FILE, weights_file_name
 
 from quant_helpers import run_flows
 

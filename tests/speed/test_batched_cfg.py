@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bagel_model.generation.batched_cfg import batched_velocities
+from bagel_model.generation.batched_cfg import velocities
 
 RED = Image.new("RGB", (64, 48), (200, 30, 30))
 
@@ -31,8 +31,8 @@ def test_batched_velocities_equal_sequential_for_three_different_contexts(speed_
     query = speed_pipe.runtime.generation_query(48, 64)
     x = torch.randn(query.num_tokens, speed_pipe.config.patch_latent_dim, generator=torch.Generator().manual_seed(0))
     t = torch.tensor(0.63)
-    sequential = [speed_pipe.runtime.velocity(ctx, query, x, t) for ctx in contexts]
-    batched = batched_velocities(speed_pipe.runtime, contexts, query, x, t)
+    sequential = [velocities(speed_pipe.runtime, [ctx], query, x, t)[0] for ctx in contexts]
+    batched = velocities(speed_pipe.runtime, contexts, query, x, t)
     for one, many in zip(sequential, batched):
         assert torch.equal(one, many)
     assert not torch.equal(batched[0], batched[1])  # each branch really saw its own context
@@ -52,7 +52,7 @@ def test_batched_call_leaves_contexts_unchanged(fp32_pipe):
     contexts = _edit_contexts(fp32_pipe)
     before = [(c.length, c.rope, c.cache.length, c.cache.keys(0, c.length).clone()) for c in contexts]
     query = fp32_pipe.runtime.generation_query(32, 32)
-    batched_velocities(fp32_pipe.runtime, contexts, query, torch.randn(query.num_tokens, 64), torch.tensor(0.5))
+    velocities(fp32_pipe.runtime, contexts, query, torch.randn(query.num_tokens, 64), torch.tensor(0.5))
     for ctx, (length, rope, cache_length, keys) in zip(contexts, before):
         assert (ctx.length, ctx.rope, ctx.cache.length) == (length, rope, cache_length)
         assert torch.equal(ctx.cache.keys(0, ctx.length), keys)

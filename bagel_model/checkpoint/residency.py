@@ -21,10 +21,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .config import BagelConfig
-from .devices import resolve_batch_cfg
-from .checkpoint.memory import GiB, estimate_memory, tensor_bytes
-from .checkpoint.param_inventory import autoencoder_parameter_count, bagel_tensors
+from ..config import BagelConfig
+from ..devices import resolve_batch_cfg
+from .memory import GiB, estimate_memory, tensor_bytes
+from .param_inventory import autoencoder_parameter_count, bagel_tensors
 
 GROUPS = ("gen", "und", "vit", "vae")
 _GEN_ROOTS = ("time_embedder", "vae2llm", "llm2vae", "latent_pos_embed")
