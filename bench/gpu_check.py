@@ -173,7 +173,7 @@ def run_modes(pack, handle, args):
     return [
         (f"t2i {side}²", lambda: t2i().generate(handle, "a red fox in the snow", side, side, 0, 1,
                                                 **node_defaults(t2i, steps=args.steps))),
-        (f"edit {side}²", lambda: edit().edit(handle, image, "make it night", "native", side, side, 0,
+        (f"edit {side}²", lambda: edit().edit(handle, image, "make it night", "custom", side, side, 0,
                                               **node_defaults(edit, steps=args.steps))),
         ("understand", lambda: und().understand(handle, image, "Describe the image.", args.tokens, False, 0.3,
                                                 0, False)),

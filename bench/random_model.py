@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from bagel_model.config import BagelConfig
-from bagel_model.checkpoint.loading import _set_submodule, build_skeleton
+from bagel_model.checkpoint.loading import build_skeleton, set_submodule
 from bagel_model.model.embeddings import sincos_2d_table
 from bagel_model.checkpoint.quantization import QUANTIZED_PRECISIONS, linear_factory, storage_dtype
 from bagel_model.model.ops import TorchOps
@@ -42,7 +42,7 @@ def _fill(module: nn.Module, dtype: torch.dtype, build_device: torch.device, sto
                    for attr, t in own.items()}
         replacement = factory(name, leaf, tensors) if factory else None
         if replacement is not None:
-            _set_submodule(module, name, replacement.to(store_device))
+            set_submodule(module, name, replacement.to(store_device))
             continue
         params = dict(leaf.named_parameters(recurse=False))
         for attr, tensor in tensors.items():
