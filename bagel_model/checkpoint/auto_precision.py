@@ -36,9 +36,9 @@ from pathlib import Path
 import torch
 
 from ..config import BagelConfig
+from .folder import read_config, read_marker
 from .memory import GiB, available_memory, estimate_memory
 from .quantization import BITSANDBYTES_PRECISIONS, PRECISIONS
-from .folder import read_config, read_marker
 
 log = logging.getLogger(__name__)
 
