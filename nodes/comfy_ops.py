@@ -50,13 +50,17 @@ class _ComfyTable(_ComfyCast):
         return super().lookup(ids)
 
 
+def _namespace_name(always_cast: bool) -> str:
+    return "BagelManualCastOps" if always_cast else "BagelComfyOps"
+
+
 def _layer_class(name: str, comfy_namespace, always_cast: bool) -> type:
     core_cls = getattr(core_ops, name)
     mixin = _ComfyTable if name in ("Embedding", "PositionTable") else _ComfyCast
     comfy_name = _COMFY_BASES[name]
     marker = getattr(comfy_namespace, comfy_name) if comfy_name else comfy.ops.CastWeightBiasOp
     return type(name, (mixin, core_cls, marker), {"comfy_cast_weights": always_cast, "__module__": __name__,
-                                                   "__qualname__": f"{comfy_namespace.__name__}.{name}"})
+                                                   "__qualname__": f"{_namespace_name(always_cast)}.{name}"})
 
 
 @functools.lru_cache(maxsize=None)
@@ -75,7 +79,7 @@ def _namespace(always_cast: bool) -> type:
     comfy_namespace = comfy.ops.manual_cast if always_cast else comfy.ops.disable_weight_init
     layers = {name: _layer_class(name, comfy_namespace, always_cast) for name in core_ops.LAYER_NAMES}
     layers["castable"] = staticmethod(lambda cls: _castable(cls, always_cast))
-    return type("BagelManualCastOps" if always_cast else "BagelComfyOps", (core_ops.TorchOps,), layers)
+    return type(_namespace_name(always_cast), (core_ops.TorchOps,), layers)
 
 
 def bagel_operations(storage_dtype: torch.dtype, compute_dtype: torch.dtype) -> type:

@@ -1,5 +1,5 @@
 """Low-level BAGEL operations on contexts: prefill text / ViT image / VAE image, and
-text decoding. Every call runs on the device of the weights in the configured compute dtype."""
+text decoding. Every call runs on ``BagelRuntime.device`` in the configured compute dtype."""
 from __future__ import annotations
 
 from dataclasses import dataclass
