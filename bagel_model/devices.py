@@ -68,3 +68,13 @@ def resolve_batch_cfg(batch_cfg: bool | None, device: torch.device | str) -> boo
     if batch_cfg is None:
         return torch.device(device).type == "cuda"
     return bool(batch_cfg)
+
+
+def resolve_batch_images(batch_images: bool | None, device: torch.device | str) -> bool:
+    """``None`` (auto): denoise the images of a batch in one LM call per step on CUDA only. On the CPU we
+    measured (bench/bench_batch.py, docs/speed.md; ``small`` preset, one thread) it was 0.92x the speed of one
+    call per image at 512² (2 images) and 1.17x at 256² (4 images): slower at the sizes people generate
+    (512²-1024²), so off there. On a GPU one larger call fills the device (not measured by us, no GPU)."""
+    if batch_images is None:
+        return torch.device(device).type == "cuda"
+    return bool(batch_images)

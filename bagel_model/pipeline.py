@@ -13,10 +13,11 @@ from PIL import Image
 from .checkpoint.auto_precision import AUTO, resolve_auto
 from .generation.conditioning import Conditioning, ConditioningBuilder
 from .generation.denoise import denoise
-from .devices import resolve_batch_cfg, resolve_compute_dtype, resolve_device
+from .devices import resolve_batch_cfg, resolve_batch_images, resolve_compute_dtype, resolve_device
 from .errors import BagelCheckpointError, BagelInputError
 from .text.framing import GEN_THINK_SYSTEM_PROMPT, VLM_THINK_SYSTEM_PROMPT, SpecialIds, extract_generated_text
-from .generation.images import to_pil, unpatchify_latent
+from .generation.image_batch import image_seeds, job_progress, shares_context
+from .generation.images import to_pil, to_unit_pixels, unpatchify_latent
 from .checkpoint.memory import batch_cfg_fits
 from .checkpoint.precision_loading import load_with_precision
 from .checkpoint.quantization import check_precision
@@ -25,7 +26,7 @@ from .model import banded_autoencoder
 from .model.autoencoder import AutoEncoder
 from .model.bagel import Bagel
 from .model.ops import TorchOps, set_compute_dtype
-from .generation.runtime import BagelRuntime, ProgressFn
+from .generation.runtime import BagelRuntime, PreviewFn, ProgressFn
 from .generation.sampler import EDIT_DEFAULTS, GENERATE_DEFAULTS, SamplerSettings
 from .generation.step_cache import StepCacheSettings, resolve_step_cache
 from .text.tokenizer import Qwen2Tokenizer
@@ -43,6 +44,16 @@ class BagelResult:
     images: list[Image.Image] = field(default_factory=list)
     latents: list[torch.Tensor] = field(default_factory=list)  # float32 (1, 16, H/8, W/8), decoder input
     seconds: float = 0.0
+    # The decoded images in float, before the 8-bit conversion of ``images``: float32 (H, W, 3) in 0..1, CPU.
+    pixels: list[torch.Tensor] = field(default_factory=list)
+
+    def extend(self, other: "BagelResult") -> None:
+        """Appends another image result of the same request (one image of a batch)."""
+        self.images += other.images
+        self.latents += other.latents
+        self.pixels += other.pixels
+        self.token_ids += other.token_ids
+        self.seconds += other.seconds
 
 
 class BagelModule(torch.nn.Module):
@@ -137,10 +148,12 @@ class BagelPipeline:
                            seconds=time.perf_counter() - start)
 
     def think(self, prompt: str, images=None, max_think_tokens: int = 1000, do_sample: bool = False,
-              temperature: float = 0.3, seed: int = 0, callback: ProgressFn | None = None) -> BagelResult:
-        """The plan the model writes before generating (no image) or editing (with images)."""
+              temperature: float = 0.3, seed: int = 0, callback: ProgressFn | None = None,
+              inputs: list | None = None) -> BagelResult:
+        """The plan the model writes before generating (no image) or editing (with images; the last one is
+        the image to edit). ``inputs`` gives an interleaved list of images and texts instead."""
         start = time.perf_counter()
-        items = self._items(images, prompt, None)
+        items = self._items(images, prompt, inputs)
         self._enter_prefill(items)
         cond = self.builder.build(items, GEN_THINK_SYSTEM_PROMPT, use_vae=True,
                                   generator=torch.Generator("cpu").manual_seed(seed))
@@ -156,16 +169,28 @@ class BagelPipeline:
                        thinking: str | None = None, seed: int = 0, callback: ProgressFn | None = None,
                        do_sample: bool = False, temperature: float = 0.3,
                        inputs: list | None = None, batch_cfg: bool | None = None,
-                       step_cache: str | StepCacheSettings | None = None) -> BagelResult:
+                       step_cache: str | StepCacheSettings | None = None, num_images: int = 1,
+                       batch_images: bool | None = None, preview: PreviewFn | None = None) -> BagelResult:
         """``batch_cfg``: run the CFG branches of a step as one LM call (same result up to float reordering);
         None = on for CUDA, off for CPU, where it measured no faster (docs/speed.md).
-        ``step_cache``: None (off), ``"taylor"`` or ``StepCacheSettings(...)`` — see docs/speed.md."""
+        ``step_cache``: None (off), ``"taylor"`` or ``StepCacheSettings(...)`` — see docs/speed.md.
+        ``num_images``: image k uses seed + k and equals what ``seed=seed + k`` gives alone; the prompt context
+        is built once when it does not depend on the seed. ``batch_images``: denoise those images in one LM
+        call per step (None = the device default, ``resolve_batch_images``).
+        ``preview(step, total, x0)``: called after each denoise step with the predicted clean latents
+        (B, 16, H/8, W/8) float32 in ``latents``' space; nothing is computed for it when it is None."""
         settings = SamplerSettings(steps, cfg_text_scale, cfg_img_scale, tuple(cfg_interval), timestep_shift,
                                    cfg_renorm_min, cfg_renorm_type)
         items = self._items(None, prompt, inputs)
-        speed = dict(batch_cfg=batch_cfg, step_cache=resolve_step_cache(step_cache))
-        return self._image_flow(items, settings, (width, height), think, max_think_tokens, thinking, seed,
-                                callback, do_sample, temperature, speed)
+        if not isinstance(num_images, int) or num_images < 1:
+            raise BagelInputError(f"num_images must be a whole number >= 1, got {num_images!r}.")
+        speed = dict(batch_cfg=batch_cfg, step_cache=resolve_step_cache(step_cache), batch_images=batch_images,
+                     preview=preview)
+        flow = (items, settings, (width, height), think, max_think_tokens, thinking)
+        sampling = (do_sample, temperature, speed)
+        if num_images > 1 and not shares_context(items, think and not (thinking or "").strip() and do_sample):
+            return self._each_image(flow, sampling, image_seeds(seed, num_images), callback)
+        return self._image_flow(*flow, image_seeds(seed, num_images), callback, *sampling)
 
     def edit_image(self, images, prompt: str, steps: int = _EDIT.steps, cfg_text_scale: float = _EDIT.cfg_text_scale,
                    cfg_img_scale: float = _EDIT.cfg_img_scale, cfg_interval=_EDIT.cfg_interval,
@@ -174,16 +199,19 @@ class BagelPipeline:
                    max_think_tokens: int = 1000, thinking: str | None = None, output_size=None,
                    seed: int = 0, callback: ProgressFn | None = None, do_sample: bool = False,
                    temperature: float = 0.3, inputs: list | None = None, batch_cfg: bool | None = None,
-                   step_cache: str | StepCacheSettings | None = None) -> BagelResult:
+                   step_cache: str | StepCacheSettings | None = None,
+                   preview: PreviewFn | None = None) -> BagelResult:
         """Edits the last image of ``images`` following ``prompt``; output size = the VAE-resized input size
-        unless ``output_size`` (width, height) is given. ``batch_cfg``/``step_cache`` as in generate_image."""
+        unless ``output_size`` (width, height) is given. ``batch_cfg``/``step_cache``/``preview`` as in
+        generate_image."""
         settings = SamplerSettings(steps, cfg_text_scale, cfg_img_scale, tuple(cfg_interval), timestep_shift,
                                    cfg_renorm_min, cfg_renorm_type)
         items = self._items(images, prompt, inputs)
         if not any(isinstance(item, Image.Image) for item in items):
             raise BagelInputError("edit_image needs at least one input image.")
-        speed = dict(batch_cfg=batch_cfg, step_cache=resolve_step_cache(step_cache))
-        return self._image_flow(items, settings, output_size, think, max_think_tokens, thinking, seed,
+        speed = dict(batch_cfg=batch_cfg, step_cache=resolve_step_cache(step_cache), batch_images=False,
+                     preview=preview)
+        return self._image_flow(items, settings, output_size, think, max_think_tokens, thinking, [seed],
                                 callback, do_sample, temperature, speed)
 
     # ---- internals ----------------------------------------------------------------------------------
@@ -222,22 +250,34 @@ class BagelPipeline:
         generator = torch.Generator("cpu").manual_seed(seed) if do_sample else None
         return self.runtime.decode_text(cond.gen, max_new_tokens, do_sample, temperature, generator, callback)
 
+    def _each_image(self, flow: tuple, sampling: tuple, seeds: list[int], callback) -> BagelResult:
+        """A batch whose context depends on the seed (input images, sampled plans): one image at a time."""
+        result = None
+        for job, seed in enumerate(seeds):
+            one = self._image_flow(*flow, [seed], job_progress(callback, job, len(seeds)), *sampling)
+            if result is None:
+                result = one
+            else:
+                result.extend(one)
+        return result
+
     def _image_flow(self, items, settings: SamplerSettings, size, think: bool, max_think_tokens: int,
-                    thinking: str | None, seed: int, callback, do_sample: bool, temperature: float,
+                    thinking: str | None, seeds: list[int], callback, do_sample: bool, temperature: float,
                     speed: dict):
+        """One conditioning for all ``seeds`` (the caller checked it does not depend on them beyond seeds[0])."""
         start = time.perf_counter()
         settings.validate()
         if size is not None:
             self._check_size(*size)
         if thinking is not None and not thinking.strip():
             thinking = None
-        generator = torch.Generator("cpu").manual_seed(seed)
+        generator = torch.Generator("cpu").manual_seed(seeds[0])
         system = GEN_THINK_SYSTEM_PROMPT if (think or thinking is not None) else None
         self._enter_prefill(items)
         cond = self.builder.build(items, system, use_vae=True, generator=generator)
         token_ids: list[int] = []
         if think and thinking is None:
-            ids = self._decode(cond, max_think_tokens, do_sample, temperature, seed, callback)
+            ids = self._decode(cond, max_think_tokens, do_sample, temperature, seeds[0], callback)
             token_ids = ids[1:]
             thinking = extract_generated_text(self.tokenizer, ids)
         cfg_img = None
@@ -247,22 +287,35 @@ class BagelPipeline:
         if thinking is not None:
             self.builder.add_text(cond.gen, thinking)
         width, height = size if size is not None else cond.image_size
-        latent = self._sample(settings, width, height, generator, cond, cfg_img, callback, speed)
-        image = self.decode_latent(latent)
-        return BagelResult(text=thinking or "", thinking=thinking or "", token_ids=token_ids, images=[image],
-                           latents=[latent.cpu()], seconds=time.perf_counter() - start)
+        generators = [generator] + [torch.Generator("cpu").manual_seed(seed) for seed in seeds[1:]]
+        latents = self._sample(settings, width, height, generators, cond, cfg_img, callback, speed)
+        decoded = [self._decode_tensor(latent) for latent in latents]
+        return BagelResult(text=thinking or "", thinking=thinking or "", token_ids=token_ids,
+                           images=[to_pil(d) for d in decoded], latents=[latent.cpu() for latent in latents],
+                           pixels=[to_unit_pixels(d) for d in decoded], seconds=time.perf_counter() - start)
 
-    def _sample(self, settings, width, height, generator, cond, cfg_img, callback, speed: dict) -> torch.Tensor:
+    def _sample(self, settings, width, height, generators, cond, cfg_img, callback,
+                speed: dict) -> list[torch.Tensor]:
         query = self.runtime.generation_query(height, width)
-        noise = torch.randn((query.num_tokens, self.config.patch_latent_dim), generator=generator,
-                            dtype=torch.float32)
+        noises = [torch.randn((query.num_tokens, self.config.patch_latent_dim), generator=generator,
+                              dtype=torch.float32) for generator in generators]
+        noise = noises[0] if len(noises) == 1 else torch.stack(noises)
         contexts = [cond.gen, cond.cfg_text] + ([cfg_img] if cfg_img is not None else [])
         self._phase("denoise")
         batch_cfg = self._choose_batch_cfg(speed["batch_cfg"], query, contexts)
+        batch_images = self._choose_batch_images(speed["batch_images"], query, contexts, len(generators),
+                                                 batch_cfg)
+
+        def unpatchify(packed: torch.Tensor) -> torch.Tensor:
+            return torch.cat([unpatchify_latent(tokens, query.grid_h, query.grid_w, self.config.latent_channels,
+                                                self.config.latent_patch_size) for tokens in packed])
+
+        preview = speed["preview"]
+        packed_preview = None if preview is None else (lambda step, total, x0: preview(step, total, unpatchify(x0)))
         packed = denoise(self.runtime, settings, query, noise, cond.gen, cond.cfg_text, cfg_img, callback,
-                         batch_cfg=batch_cfg, step_cache=speed["step_cache"])
-        return unpatchify_latent(packed, query.grid_h, query.grid_w, self.config.latent_channels,
-                                 self.config.latent_patch_size)
+                         batch_cfg=batch_cfg, step_cache=speed["step_cache"], batch_images=batch_images,
+                         preview=packed_preview)
+        return list(unpatchify(packed).split(1))
 
     def _choose_batch_cfg(self, requested: bool | None, query, contexts) -> bool:
         """The device default (``resolve_batch_cfg``), except that an automatic choice falls back to one
@@ -276,17 +329,41 @@ class BagelPipeline:
             return False
         return batch
 
-    @torch.no_grad()
     def decode_latent(self, latent: torch.Tensor, banded: bool | None = None) -> Image.Image:
         """Autoencoder decode of a (1, 16, H/8, W/8) latent. ``banded`` (None: on CUDA, where memory is
         scarce) runs the full-resolution stages in bands of rows: same image up to float rounding, ~60 % less
         peak memory at 1024² (model/banded_autoencoder.py). Off, it is the official plain fp32 decode."""
+        return to_pil(self._decode_tensor(latent, banded))
+
+    def unscale_latent(self, latent: torch.Tensor) -> torch.Tensor:
+        """``latents`` (BAGEL's scaled space, what the model denoises) → the autoencoder's own latent space,
+        i.e. what its decoder network takes (``z / scale_factor + shift_factor``; ComfyUI's LATENT convention)."""
+        return self.model.vae.unscale(latent)
+
+    @torch.no_grad()
+    def _decode_tensor(self, latent: torch.Tensor, banded: bool | None = None) -> torch.Tensor:
+        """Decoder output (1, 3, H, W) in [-1, 1]."""
         self._phase("decode_image")
         vae = self.model.vae
         z = latent.to(self.device, vae.decoder.conv_in.weight.dtype)
         if self.device.type == "cuda" if banded is None else banded:
-            return to_pil(banded_autoencoder.decode(vae, z))
-        return to_pil(vae.decode(z))
+            return banded_autoencoder.decode(vae, z)
+        return vae.decode(z)
+
+    def _choose_batch_images(self, requested: bool | None, query, contexts, num_images: int,
+                             batch_cfg: bool) -> bool:
+        """Like ``_choose_batch_cfg`` for the images of a batch (``resolve_batch_images`` per device)."""
+        if num_images < 2:
+            return False
+        batch = resolve_batch_images(requested, self.device)
+        branches = num_images * (len(contexts) if batch_cfg else 1)
+        if requested is None and batch and not batch_cfg_fits(
+                self.config, self.device, query.num_tokens + 2, max(ctx.length for ctx in contexts),
+                branches, self.compute_dtype):
+            log.info("Not enough free memory on %s to denoise %d images in one call at %d latent tokens; "
+                     "running them one at a time (same result).", self.device, num_images, query.num_tokens)
+            return False
+        return batch
 
     def _check_size(self, width: int, height: int) -> None:
         stride, limit = self.config.latent_downsample, self.config.max_image_side

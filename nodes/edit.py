@@ -1,12 +1,11 @@
 """Image Edit node: an instruction applied to each image of a batch, one by one."""
-from PIL import Image
-
-from .image_convert import image_batch_to_pil, pil_to_image_batch
+from .image_convert import image_batch_to_pil, pixels_to_image_batch, resize_pixels, result_pixels
 from .progress import NodeProgress
 from .sampler_inputs import (EDIT_DEFAULTS, core_sampler_kwargs, model_input, plan_or_none,
                              prompt_and_interval_problems, sampler_input_types, seed_input, size_input,
                              step_cache_input, text_input, thinking_input)
 from .validation import first_problem, raise_if_problem, size_problem
+from .vae_bridge import latent_output
 
 # native: the model's own rule (input resized to BAGEL's working size, at most 1024 a side);
 # match_input: native, then resized back to the input's exact size; custom: width x height.
@@ -25,8 +24,11 @@ class BagelMoTEdit:
         "same seed; optional reference images are shown to the model before it."
     )
     CATEGORY = "BAGEL-MoT"
-    RETURN_TYPES = ("IMAGE",)
-    RETURN_NAMES = ("images",)
+    RETURN_TYPES = ("IMAGE", "LATENT")
+    RETURN_NAMES = ("images", "latent")
+    OUTPUT_TOOLTIPS = ("The edited images.",
+                       "The edited images as FLUX latents at the size BAGEL generated them (before "
+                       "match_input's resize): decode with core VAE Decode and the loader's vae.")
     FUNCTION = "edit"
 
     @classmethod
@@ -70,20 +72,22 @@ class BagelMoTEdit:
         )
         sources = image_batch_to_pil(image, "image")
         references = [] if reference_images is None else image_batch_to_pil(reference_images, "reference_images")
-        progress = NodeProgress(len(sources))
+        progress = NodeProgress(len(sources), previews=True)
         size = (int(width), int(height)) if output_size == "custom" else None
-        edited = []
+        edited, latents = [], []
         for index, source in enumerate(sources):
             pipeline = bagel_model.ready_pipeline("edit", *(size or source.size), input_size=source.size)
             result = pipeline.edit_image(
                 [*references, source], instruction, thinking=plan_or_none(thinking), output_size=size,
-                seed=seed, callback=progress.callback(index), **core_sampler_kwargs(sampler),
+                seed=seed, callback=progress.callback(index), preview=progress.preview(),
+                **core_sampler_kwargs(sampler),
             )
-            picture = result.images[0]
-            if output_size == "match_input" and picture.size != source.size:
-                picture = picture.resize(source.size, Image.Resampling.LANCZOS)
-            edited.append(picture)
-        return (pil_to_image_batch(edited),)
+            pixels = result_pixels(result)[0]
+            if output_size == "match_input" and (pixels.shape[1], pixels.shape[0]) != source.size:
+                pixels = resize_pixels(pixels, source.size)
+            edited.append(pixels)
+            latents.extend(result.latents)
+        return (pixels_to_image_batch(edited), latent_output(pipeline, latents))
 
 
 NODE_CLASS_MAPPINGS = {"BagelMoTEdit": BagelMoTEdit}

@@ -1,4 +1,4 @@
-"""ComfyUI IMAGE tensors ([B,H,W,C] float32 in 0..1) <-> PIL images for the core."""
+"""ComfyUI IMAGE tensors ([B,H,W,C] float32 in 0..1) <-> PIL images / float pixels of the core."""
 import numpy as np
 import torch
 from PIL import Image
@@ -19,10 +19,35 @@ def image_batch_to_pil(images: torch.Tensor, input_name: str) -> list[Image.Imag
     return [Image.fromarray(frame) for frame in pixels]
 
 
-def pil_to_image_batch(pictures: list[Image.Image]) -> torch.Tensor:
-    """Stacks PIL images of one size into an IMAGE batch [B,H,W,3] float32 in 0..1."""
-    sizes = {picture.size for picture in pictures}
+def pil_to_pixels(picture: Image.Image) -> torch.Tensor:
+    """An 8-bit PIL image as float32 [H,W,3] in 0..1."""
+    return torch.from_numpy(np.asarray(picture.convert("RGB"), dtype=np.float32) / 255.0)
+
+
+def result_pixels(result) -> list[torch.Tensor]:
+    """The float images of a core result ([H,W,3] in 0..1, straight from the decoder); a backend that only
+    returns 8-bit images (no ``pixels``) gives those."""
+    pixels = getattr(result, "pixels", None)
+    return list(pixels) if pixels else [pil_to_pixels(picture) for picture in result.images]
+
+
+def resize_pixels(pixels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """[H,W,3] float resized to (width, height) with antialiased bicubic, kept in float (clamped to 0..1)."""
+    width, height = size
+    chw = pixels.movedim(-1, 0)[None]
+    resized = torch.nn.functional.interpolate(chw, size=(height, width), mode="bicubic", antialias=True,
+                                              align_corners=False)
+    return resized[0].movedim(0, -1).clamp(0.0, 1.0)
+
+
+def pixels_to_image_batch(pixels: list[torch.Tensor]) -> torch.Tensor:
+    """Stacks [H,W,3] images of one size into an IMAGE batch [B,H,W,3] float32 in 0..1 (on the CPU)."""
+    sizes = {(int(p.shape[1]), int(p.shape[0])) for p in pixels}
     if len(sizes) != 1:
         raise ValueError(f"Cannot batch images of different sizes {sorted(sizes)}; edit them separately.")
-    arrays = [np.asarray(picture.convert("RGB"), dtype=np.float32) / 255.0 for picture in pictures]
-    return torch.from_numpy(np.stack(arrays))
+    return torch.stack([p.float().cpu() for p in pixels])
+
+
+def pil_to_image_batch(pictures: list[Image.Image]) -> torch.Tensor:
+    """Stacks PIL images of one size into an IMAGE batch [B,H,W,3] float32 in 0..1."""
+    return pixels_to_image_batch([pil_to_pixels(picture) for picture in pictures])

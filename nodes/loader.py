@@ -6,8 +6,8 @@ import torch
 
 import comfy.model_management as mm
 
-from bagel_model.devices import resolve_compute_dtype
 from bagel_model.checkpoint.quantization import storage_dtype
+from bagel_model.devices import resolve_compute_dtype
 
 from . import model_folders
 from .comfy_ops import bagel_operations
@@ -15,6 +15,7 @@ from .download import download_checkpoint
 from .memory_check import check_fits
 from .model_handle import MODEL_TYPE, BagelMoTModel
 from .precision_choice import AUTO, resolve_precision
+from .vae_bridge import checkpoint_vae
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +53,11 @@ class BagelMoTModelLoader:
         "when a BAGEL node runs and offloads it when other models need the memory."
     )
     CATEGORY = "BAGEL-MoT"
-    RETURN_TYPES = (MODEL_TYPE,)
-    RETURN_NAMES = ("bagel_model",)
+    RETURN_TYPES = (MODEL_TYPE, "VAE")
+    RETURN_NAMES = ("bagel_model", "vae")
+    OUTPUT_TOOLTIPS = ("The loaded BAGEL model.",
+                       "The checkpoint's own FLUX autoencoder as a core VAE, for VAE Decode/Encode of the "
+                       "LATENT outputs (the same as loading its ae.safetensors with Load VAE).")
     FUNCTION = "load"
 
     @classmethod
@@ -108,7 +112,8 @@ class BagelMoTModelLoader:
             path, precision=precision, device=str(device), storage_device=str(offload_device),
             compute_dtype=_DTYPE_NAMES[compute_dtype], check_memory=False,
             operations=bagel_operations(storage_dtype(precision), compute_dtype))
-        return (BagelMoTModel(pipeline, model_folder, precision),)
+        vae = checkpoint_vae(path, pipeline.config.ae)
+        return (BagelMoTModel(pipeline, model_folder, precision), vae)
 
 
 NODE_CLASS_MAPPINGS = {"BagelMoTModelLoader": BagelMoTModelLoader}

@@ -19,6 +19,7 @@ import comfy.model_patcher
 
 from bagel_model.checkpoint.memory import estimate_memory
 from bagel_model.checkpoint.residency import GROUPS, PHASE_GROUPS, weight_groups
+from bagel_model.devices import resolve_batch_images
 
 logger = logging.getLogger(__name__)
 
@@ -68,19 +69,23 @@ class BagelMoTModel:
         return self.patchers["und"]
 
     def working_memory(self, task: str, width: int = 1024, height: int = 1024, input_size=None,
-                       generated_tokens: int = 0) -> int:
-        """KV caches + activation peak of one ``task`` call (core estimate) + one streamed layer."""
+                       generated_tokens: int = 0, num_images: int = 1) -> int:
+        """KV caches + activation peak of one ``task`` call (core estimate; the activations times the images
+        the core denoises in one LM call) + one streamed layer."""
         pipe = self.pipeline
         estimate = estimate_memory(pipe.config, self.precision, task, width, height, input_size,
                                    device=str(pipe.device), compute_dtype=pipe.compute_dtype,
                                    generated_tokens=generated_tokens, _with_alternatives=False)
-        return estimate.kv_cache_bytes + estimate.activation_bytes + self.stream_bytes
+        together = num_images if resolve_batch_images(None, pipe.device) else 1
+        return estimate.kv_cache_bytes + together * estimate.activation_bytes + self.stream_bytes
 
     def ready_pipeline(self, task: str = "t2i", width: int = 1024, height: int = 1024, input_size=None,
-                       generated_tokens: int = 0):
+                       generated_tokens: int = 0, num_images: int = 1):
         """Records the working memory of the coming call and returns the pipeline; its phases load the
-        weights they use through ComfyUI (``load_phase``)."""
-        self.working_memory_bytes = self.working_memory(task, width, height, input_size, generated_tokens)
+        weights they use through ComfyUI (``load_phase``). The defaults (a 1024x1024 text-to-image call)
+        are an upper bound for callers that do not know their call's size."""
+        self.working_memory_bytes = self.working_memory(task, width, height, input_size, generated_tokens,
+                                                        num_images)
         return self.pipeline
 
     def load_phase(self, phase: str) -> None:

@@ -1,6 +1,7 @@
 """Sampler widgets shared by Text to Image and Edit; their defaults are the core's (bagel_model.generation.sampler)."""
-from bagel_model.generation.sampler import EDIT_DEFAULTS, RENORM_TYPES, SamplerSettings
-from bagel_model.generation.sampler import GENERATE_DEFAULTS as TEXT_TO_IMAGE_DEFAULTS  # the node's name for it
+# EDIT_DEFAULTS / TEXT_TO_IMAGE_DEFAULTS are re-exported for edit.py and text_to_image.py.
+from bagel_model.generation.sampler import EDIT_DEFAULTS, RENORM_TYPES, SamplerSettings  # noqa: F401
+from bagel_model.generation.sampler import GENERATE_DEFAULTS as TEXT_TO_IMAGE_DEFAULTS  # noqa: F401
 
 from .model_handle import MODEL_TYPE
 from .validation import MAX_SIDE, MIN_SIDE, SIZE_MULTIPLE, interval_problem, text_problem

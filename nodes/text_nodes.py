@@ -3,10 +3,19 @@
 Both return {"ui": {"text": [...]}} so the pack's small frontend extension
 (js/bagel_mot_text_preview.js) shows the text on the node.
 """
-from .image_convert import image_batch_to_pil
+from PIL import Image
+
+from .multi_image import (EACH_IMAGE, SINGLE_IMAGE, optional_pictures, plan_inputs, questions, think_mode_input,
+                          understand_mode_input)
 from .progress import NodeProgress
 from .sampler_inputs import model_input, seed_input, text_input
 from .validation import first_problem, raise_if_problem, text_problem
+
+
+def largest_picture(inputs: list):
+    """(width, height) of the largest image among a call's inputs (its working memory), None without one."""
+    sizes = [item.size for item in inputs if isinstance(item, Image.Image)]
+    return max(sizes, key=lambda size: size[0] * size[1]) if sizes else None
 
 
 def _token_budget(default: int, tooltip: str):
@@ -24,7 +33,10 @@ def _sampling_inputs() -> dict:
 
 
 class BagelMoTUnderstand:
-    DESCRIPTION = "Answers a question about each image of the batch (one answer per image)."
+    DESCRIPTION = (
+        "Answers a question about each image of the batch (one answer per image), about all images "
+        "together (image_mode), or without any image (text-only question)."
+    )
     CATEGORY = "BAGEL-MoT"
     RETURN_TYPES = ("STRING", "STRING")
     RETURN_NAMES = ("answer", "thinking")
@@ -36,30 +48,37 @@ class BagelMoTUnderstand:
     def INPUT_TYPES(cls):
         required = {
             "bagel_model": model_input(),
-            "image": ("IMAGE", {"tooltip": "Each image of the batch gets its own answer."}),
             "question": text_input("What to ask about the image.", "Describe this image in detail."),
             "max_new_tokens": _token_budget(512, "Longest answer, in tokens."),
         }
         required.update(_sampling_inputs())
         required["think"] = ("BOOLEAN", {"default": False, "label_on": "think first", "label_off": "answer directly",
                                          "tooltip": "Let the model reason before answering (output 'thinking')."})
-        return {"required": required}
+        optional = {
+            "image": ("IMAGE", {"tooltip": "Image(s) to ask about; leave unconnected for a text-only question."}),
+            "reference_images": ("IMAGE", {"tooltip": "Extra images shown before the image(s)."}),
+            "image_mode": understand_mode_input(),
+        }
+        return {"required": required, "optional": optional}
 
     @classmethod
     def VALIDATE_INPUTS(cls, question=None):
         return first_problem(text_problem("question", question))
 
-    def understand(self, bagel_model, image, question, max_new_tokens, do_sample, temperature, seed, think):
+    # `image` keeps its old place among the parameters (it became optional: text-only questions).
+    def understand(self, bagel_model, image=None, question="", max_new_tokens=512, do_sample=False,
+                   temperature=0.3, seed=0, think=False, reference_images=None, image_mode=EACH_IMAGE):
         raise_if_problem(text_problem("question", question))
-        pictures = image_batch_to_pil(image, "image")
-        progress = NodeProgress(len(pictures))
+        calls = questions(image_mode, optional_pictures(image, "image"),
+                          optional_pictures(reference_images, "reference_images"), question)
+        progress = NodeProgress(len(calls))
         answers, thoughts = [], []
-        for index, picture in enumerate(pictures):
-            pipeline = bagel_model.ready_pipeline("understand", input_size=picture.size,
+        for index, inputs in enumerate(calls):
+            pipeline = bagel_model.ready_pipeline("understand", input_size=largest_picture(inputs),
                                                   generated_tokens=max_new_tokens)
             result = pipeline.understand(
-                [picture], question, think=think, max_new_tokens=max_new_tokens, do_sample=do_sample,
-                temperature=temperature, seed=seed, callback=progress.callback(index),
+                None, question, think=think, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                temperature=temperature, seed=seed, callback=progress.callback(index), inputs=inputs,
             )
             answers.append(result.answer)
             thoughts.append(result.thinking or "")
@@ -89,8 +108,9 @@ class BagelMoTThink:
         return {
             "required": required,
             "optional": {
-                "image": ("IMAGE", {"tooltip": "The single image to edit, when planning an edit."}),
+                "image": ("IMAGE", {"tooltip": "The image to edit, when planning an edit (several: see image_mode)."}),
                 "reference_images": ("IMAGE", {"tooltip": "Same extra images as given to Image Edit."}),
+                "image_mode": think_mode_input(),
             },
         }
 
@@ -99,25 +119,16 @@ class BagelMoTThink:
         return first_problem(text_problem("prompt", prompt))
 
     def think(self, bagel_model, prompt, max_think_tokens, do_sample, temperature, seed,
-              image=None, reference_images=None):
+              image=None, reference_images=None, image_mode=SINGLE_IMAGE):
         raise_if_problem(text_problem("prompt", prompt))
-        images = None
-        if image is not None:
-            if image.shape[0] != 1:
-                raise ValueError(
-                    f"Think plans an edit of one image, but 'image' is a batch of {image.shape[0]}. "
-                    "Pick one with 'Image From Batch'."
-                )
-            references = [] if reference_images is None else image_batch_to_pil(reference_images, "reference_images")
-            # The core edits (and so plans for) the last image; references come first, as in Edit.
-            images = references + image_batch_to_pil(image, "image")
-        elif reference_images is not None:
-            raise ValueError("'reference_images' needs 'image' too: connect the image to edit.")
-        input_size = images[-1].size if images else None
-        pipeline = bagel_model.ready_pipeline("think", input_size=input_size, generated_tokens=max_think_tokens)
+        # The core edits (and so plans for) the last image; references come first, as in Edit.
+        inputs = plan_inputs(image_mode, optional_pictures(image, "image"),
+                             optional_pictures(reference_images, "reference_images"), prompt)
+        pipeline = bagel_model.ready_pipeline("think", input_size=largest_picture(inputs),
+                                              generated_tokens=max_think_tokens)
         result = pipeline.think(
-            prompt, images=images, max_think_tokens=max_think_tokens, do_sample=do_sample,
-            temperature=temperature, seed=seed, callback=NodeProgress(1).callback(0),
+            prompt, max_think_tokens=max_think_tokens, do_sample=do_sample, temperature=temperature,
+            seed=seed, callback=NodeProgress(1).callback(0), inputs=inputs,
         )
         return {"ui": {"text": [result.thinking]}, "result": (result.thinking,)}
 

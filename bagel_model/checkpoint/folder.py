@@ -16,7 +16,6 @@ VIT_CONFIG = "vit_config.json"
 AE_CONFIG = "ae_config.json"
 WEIGHTS_FILE = "ema.safetensors"
 AE_FILE = "ae.safetensors"
-TOKENIZER_FILES = ("vocab.json", "merges.txt")
 
 MARKER_FILE = "quantization_config.json"
 FORMAT_NAME = "bagel_model.prequantized"

@@ -95,6 +95,11 @@ def unpatchify_latent(tokens: torch.Tensor, h: int, w: int, channels: int, patch
     return grid.permute(4, 0, 2, 1, 3).reshape(1, channels, h * patch, w * patch)
 
 
+def to_unit_pixels(decoded: torch.Tensor) -> torch.Tensor:
+    """Decoder output (1, 3, H, W) in [-1, 1] → float32 (H, W, 3) in [0, 1] on the CPU (no 8-bit step)."""
+    return (decoded[0].float() * 0.5 + 0.5).clamp(0, 1).permute(1, 2, 0).cpu()
+
+
 def to_pil(decoded: torch.Tensor) -> Image.Image:
     """Decoder output (1, 3, H, W) in [-1, 1] → 8-bit PIL image, truncating like the official code."""
     pixels = (decoded[0].float() * 0.5 + 0.5).clamp(0, 1).permute(1, 2, 0) * 255

@@ -17,6 +17,9 @@ from ..model.kv_cache import Context
 from ..model.qwen2_mot import GEN, UND, Block, Segment
 
 ProgressFn = Callable[[str, int, int], None]
+# preview(step, total, x0): the predicted clean latents after a denoise step (the pipeline's is unpatchified).
+PreviewFn = Callable[[int, int, torch.Tensor], None]
+PackedPreviewFn = PreviewFn  # the same call with packed (B, tokens, 64) latents, inside the denoise loop
 
 
 @dataclass

@@ -162,5 +162,9 @@ class AutoEncoder(nn.Module):
         z = mean + torch.exp(0.5 * logvar) * noise.to(mean.device, mean.dtype)
         return self.config.scale_factor * (z - self.config.shift_factor)
 
+    def unscale(self, z: torch.Tensor) -> torch.Tensor:
+        """BAGEL's scaled latent → the decoder network's input (the raw latent ComfyUI's LATENT holds)."""
+        return z / self.config.scale_factor + self.config.shift_factor
+
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder(z / self.config.scale_factor + self.config.shift_factor)
+        return self.decoder(self.unscale(z))

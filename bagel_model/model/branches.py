@@ -1,9 +1,11 @@
-"""Layout of a batched CFG block: the same generation query for several branches in one LM call.
+"""Layout of a batched block: several generation queries ("branches") in one LM call.
 
-The CFG branches of a denoise step share every query token (same x_t, t and latent position ids) and differ
-only in their context (KV cache, length) and the RoPE position of the block. Projections, norms and MLPs are
-row-wise, so the branches can run as one stacked (B·N, H) matrix; only attention must see each branch's own
-cached keys, so it runs per branch on that branch's rows gathered back into sequence order.
+A branch is one (context, latent tokens) pair. The CFG branches of a denoise step share every query token
+(same x_t, t and latent position ids) and differ only in their context (KV cache, length) and the RoPE position
+of the block; the images of a batch share the contexts and differ in their latent tokens (own x_t).
+Projections, norms and MLPs are row-wise, so the branches can run as one stacked (B·N, H) matrix; only
+attention must see each branch's own cached keys, so it runs per branch on that branch's rows gathered back
+into sequence order.
 
 Row layout (chosen so the big gen-expert GEMMs cover all branches in one call):
 ``[start_0, end_0, start_1, end_1, …, latents_0, latents_1, …]``. Each marker row is its own und-expert
@@ -44,9 +46,10 @@ class BranchLayout:
         markers = [Segment(i, i + 1, UND) for i in range(2 * self.count)]
         return markers + [Segment(2 * self.count, 2 * self.count + self.count * num_latents, GEN)]
 
-    def stack(self, start: torch.Tensor, end: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
-        """The shared query rows (marker embeddings and latent tokens) repeated in the batched layout."""
-        return torch.cat([start, end] * self.count + [latents] * self.count)
+    def stack(self, start: torch.Tensor, end: torch.Tensor, latents: list[torch.Tensor]) -> torch.Tensor:
+        """The query rows in the batched layout: the marker embeddings of every branch, then each branch's
+        latent tokens (``latents[i]`` for branch i; the same tensor for branches that share a query)."""
+        return torch.cat([start, end] * self.count + list(latents))
 
     def per_row(self, per_branch: list[torch.Tensor], num_latents: int) -> torch.Tensor:
         """Rows of a per-branch value (e.g. RoPE cos of shape (1, d)) expanded to the batched layout."""

@@ -8,7 +8,7 @@ checkpoint keys (``language_model.model.layers.{i}.self_attn.q_proj_moe_gen.weig
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -20,10 +20,15 @@ from .embeddings import apply_rope
 from .kv_cache import Context
 from .ops import TorchOps
 
-if TYPE_CHECKING:
-    from .branches import BranchLayout
-
 UND, GEN = "und", "gen"
+
+
+class BranchAttention(Protocol):
+    """Attention of several CFG branches stacked in one block, each to its own context (the layout is
+    ``branches.BranchLayout``, which builds on this module; the decoder only needs this one method)."""
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int) -> torch.Tensor:
+        ...
 
 
 @dataclass(frozen=True)
@@ -43,7 +48,7 @@ class Block:
     causal: bool
     fp32_qk: bool  # gen-mode calls normalise Q/K and apply RoPE in fp32 (official numerics, spec §3.3)
     # Several CFG branches of one denoise query stacked on the token axis; each attends to its own context.
-    branches: "BranchLayout | None" = None
+    branches: BranchAttention | None = None
 
 
 def per_expert(x: torch.Tensor, segments: list[Segment], und, gen) -> torch.Tensor:

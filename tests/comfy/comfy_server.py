@@ -42,7 +42,8 @@ def prepare_base_dir(base: Path, checkpoint: Path) -> Path:
 
 
 class ComfyServer:
-    def __init__(self, comfyui_path: Path, base: Path, extra_paths_yaml: Path, front_end_root: str | None = None):
+    def __init__(self, comfyui_path: Path, base: Path, extra_paths_yaml: Path, front_end_root: str | None = None,
+                 extra_args: tuple[str, ...] = ()):
         self.comfyui_path = comfyui_path
         self.base = base
         self.port = free_port()
@@ -55,6 +56,7 @@ class ComfyServer:
         ]
         if front_end_root:
             command += ["--front-end-root", front_end_root]
+        command += list(extra_args)
         self._log = open(self.log_path, "w")
         self.process = subprocess.Popen(command, cwd=comfyui_path, stdout=self._log, stderr=subprocess.STDOUT,
                                         env={**os.environ, "PYTHONUNBUFFERED": "1"})

@@ -63,16 +63,18 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def start_comfy(comfyui_path, tiny_checkpoint, tmp_path_factory):
-    """start_comfy(front_end_root=None) -> a running ComfyServer (one per frontend, reused)."""
+    """start_comfy(front_end_root=None, extra_args=()) -> a running ComfyServer (one per frontend and
+    extra command-line arguments, reused)."""
     from comfy_server import ComfyServer, prepare_base_dir
 
     servers = {}
 
-    def start(front_end_root: str | None = None):
-        key = front_end_root or "pinned"
+    def start(front_end_root: str | None = None, extra_args: tuple[str, ...] = ()):
+        key = (front_end_root or "pinned", tuple(extra_args))
         if key not in servers:
             base = tmp_path_factory.mktemp("comfy-base")
-            servers[key] = ComfyServer(comfyui_path, base, prepare_base_dir(base, tiny_checkpoint), front_end_root)
+            servers[key] = ComfyServer(comfyui_path, base, prepare_base_dir(base, tiny_checkpoint), front_end_root,
+                                       tuple(extra_args))
         return servers[key]
 
     yield start

@@ -135,3 +135,24 @@ def test_workflows_load_and_run_in_the_frontend(browser, start_comfy, which):
         assert state["answer"] and not state["answer"].get("error"), f"{name}: {state['answer']}"
         for node_type in {node["type"] for node in workflow["nodes"]} & TEXT_NODE_TYPES:
             assert result["texts"].get(node_type, "").strip(), f"{name}: no text shown on {node_type}"
+
+
+COUNT_PREVIEWS_JS = """
+window.__bagelPreviews = 0;
+window.comfyAPI.api.api.addEventListener("b_preview", () => { window.__bagelPreviews += 1; });
+"""
+
+
+@pytest.mark.parametrize("which", FRONTENDS)
+def test_live_previews_reach_the_frontend(browser, start_comfy, which):
+    """With --preview-method auto the frontend receives a preview image per denoise step of the preview workflow."""
+    server = start_comfy(_frontend_root(which), extra_args=("--preview-method", "auto"))
+    _open_frontend(browser, server)
+    browser.execute_script(COUNT_PREVIEWS_JS)
+    name = "bagel_mot_preview_latent_upscale"
+    report = browser.execute_async_script(LOAD_AND_CHECK_JS, load_workflow(name), FAST_WIDGETS)
+    assert "exception" not in report and not report["missing"] and not report["mismatches"], report
+    _poll(browser, "return window.__bagel.finished", 300, f"{name}: never finished")
+    state = browser.execute_script(RESULT_JS, PREVIEW_WIDGET_NAME)["state"]
+    assert state["finished"] == "execution_success", json.dumps(state)[:2000]
+    assert browser.execute_script("return window.__bagelPreviews") == FAST_WIDGETS["steps"] - 1

@@ -19,6 +19,9 @@ EXPECTED_IMAGE_SIZES = {
     "bagel_mot_image_edit": [(768, 512)],
     "bagel_mot_edit_before_after": [(512, 512), (512, 512)],
     "bagel_mot_understand_image": [],
+    "bagel_mot_multi_image_question": [],
+    # the image itself, and core VAE Decode of its LATENT upscaled 2x
+    "bagel_mot_preview_latent_upscale": [(64, 64), (128, 128)],
 }
 TEXT_NODE_TYPES = {"BagelMoTUnderstand", "BagelMoTThink"}
 

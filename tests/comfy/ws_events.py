@@ -1,4 +1,8 @@
-"""Collects ComfyUI websocket messages for one client id in a background thread (aiohttp)."""
+"""Collects ComfyUI websocket messages for one client id in a background thread (aiohttp).
+
+Text messages are parsed JSON dicts; binary ones (preview images) are kept as
+{"type": "binary", "event": <int>, "data": <bytes after the event type>}, in arrival order with the rest.
+"""
 import asyncio
 import json
 import threading
@@ -29,6 +33,9 @@ class WsEvents:
                         continue
                     if message.type == aiohttp.WSMsgType.TEXT:
                         self.messages.append(json.loads(message.data))
+                    elif message.type == aiohttp.WSMsgType.BINARY:
+                        event = int.from_bytes(message.data[:4], "big")
+                        self.messages.append({"type": "binary", "event": event, "data": message.data[4:]})
                     elif message.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
                         return
 

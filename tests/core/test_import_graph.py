@@ -3,12 +3,11 @@ layers docs/design.md allows, and no import of our own modules hidden inside a f
 import ast
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[2] / "bagel_model"
 
 # Layer -> the layers it may import (docs/design.md, "What each package may import"). Top-level modules are
-# their own layer; a sub-package is one layer.
+# their own layer; a sub-package is one layer. "oom" and "remote" are layers being added on parallel branches
+# (OOM handling, the remote backend); listing them here lets those merges keep this map.
 ALLOWED = {
     "errors": set(),
     "config": set(),
@@ -18,8 +17,10 @@ ALLOWED = {
     "checkpoint": {"config", "devices", "errors", "model"},
     "generation": {"errors", "model", "text"},
     "testing": {"checkpoint", "config", "model"},
-    "pipeline": {"checkpoint", "devices", "errors", "generation", "model", "text"},
-    "cli": {"checkpoint", "errors", "generation", "pipeline", "testing"},
+    "oom": set(),
+    "pipeline": {"checkpoint", "devices", "errors", "generation", "model", "oom", "text"},
+    "remote": {"errors", "generation", "pipeline"},
+    "cli": {"checkpoint", "errors", "generation", "pipeline", "remote", "testing"},
     "__init__": {"errors", "pipeline", "testing"},
     "__main__": {"cli"},
 }
@@ -60,19 +61,14 @@ def _resolve(path: Path, node: ast.ImportFrom | ast.Import) -> list[str]:
     return targets
 
 
-def _is_type_checking_block(node: ast.AST) -> bool:
-    return isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
-
-
 def _imports(path: Path):
-    """(target, at_module_level) for every import of our own modules; TYPE_CHECKING blocks never run."""
+    """(target, at_module_level) for every import of our own modules (``if TYPE_CHECKING`` ones included: a
+    type-only import that would close a cycle is a dodged cycle too)."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     found = []
 
     def visit(node, top_level):
         for child in ast.iter_child_nodes(node):
-            if _is_type_checking_block(child):
-                continue
             if isinstance(child, (ast.Import, ast.ImportFrom)):
                 found.extend((target, top_level) for target in _resolve(path, child))
             nested = top_level and not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
@@ -141,12 +137,10 @@ def test_package_graph_is_acyclic():
     assert _find_cycle(graph) is None, f"package cycle: {' -> '.join(_find_cycle(graph))}"
 
 
-@pytest.mark.parametrize("layer", sorted(ALLOWED))
-def test_each_package_imports_only_the_layers_below_it(layer):
+def test_each_package_imports_only_the_layers_below_it():
     graph = _layer_graph()
-    assert layer in graph, f"{layer} is no longer a module/package of bagel_model; update ALLOWED"
-    assert graph[layer] <= ALLOWED[layer], f"{layer} imports {sorted(graph[layer] - ALLOWED[layer])}"
-
-
-def test_every_layer_is_described():
-    assert set(_layer_graph()) == set(ALLOWED)
+    undescribed = sorted(set(graph) - set(ALLOWED))
+    assert not undescribed, f"{undescribed} not in ALLOWED (and docs/design.md): say what they may import"
+    wrong = {layer: sorted(targets - ALLOWED[layer]) for layer, targets in graph.items() if targets - ALLOWED[layer]}
+    assert not wrong, f"imports outside the allowed layers: {wrong}"
+    assert {"model", "text", "checkpoint", "generation", "pipeline"} <= set(graph)

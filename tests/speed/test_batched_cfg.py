@@ -66,9 +66,9 @@ def batch_choices(monkeypatch) -> list:
     seen = []
     original = branch_velocities.BranchVelocities.__init__
 
-    def spy(self, runtime, query, batch_cfg, step_cache):
+    def spy(self, runtime, query, batch_cfg, step_cache, **kwargs):
         seen.append(batch_cfg)
-        original(self, runtime, query, batch_cfg, step_cache)
+        original(self, runtime, query, batch_cfg, step_cache, **kwargs)
 
     monkeypatch.setattr(branch_velocities.BranchVelocities, "__init__", spy)
     return seen
