@@ -35,7 +35,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
                              "any, is read from the BAGEL_MOT_API_KEY environment variable")
     parser.add_argument("--remote-timeout", type=float, default=600.0,
                         help="seconds to wait for the server's answer (with --remote)")
-    parser.add_argument("--precision", default="bf16", help="weight precision: bf16, fp16, fp32, nf4, int8")
+    parser.add_argument("--precision", default="bf16",
+                        help="weight precision: bf16, fp16, fp32, nf4, int8, fp8_e4m3fn, or auto (the best that "
+                             "fits the device, docs/quantization.md)")
     parser.add_argument("--compute-dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda[:N], xpu[:N] or mps")
     parser.add_argument("--seed", type=int, default=0)
@@ -98,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     think.add_argument("--max-think-tokens", type=int, default=1000)
     quant = sub.add_parser("quantize", help="write a pre-quantized nf4/int8 folder that loads directly")
     quant.add_argument("--model", required=True, help="original BAGEL checkpoint folder")
-    quant.add_argument("--precision", required=True, choices=["nf4", "int8"])
+    quant.add_argument("--precision", required=True, choices=["nf4", "int8", "fp8_e4m3fn"])
     quant.add_argument("--out", required=True, help="new folder for the pre-quantized checkpoint")
     quant.add_argument("--device", default="auto", help="where to quantize: auto, cpu, cuda[:N], xpu[:N] or mps")
     make = sub.add_parser("make-test-checkpoint", help="write a random checkpoint in the real layout")

@@ -10,6 +10,7 @@ from typing import Callable
 import torch
 from PIL import Image
 
+from .checkpoint.auto_precision import AUTO, resolve_auto
 from .generation.conditioning import Conditioning, ConditioningBuilder
 from .generation.denoise import denoise
 from .devices import resolve_batch_cfg, resolve_batch_images, resolve_compute_dtype, resolve_device
@@ -87,17 +88,21 @@ class BagelPipeline:
                         compute_dtype: str = "auto", *, available_memory: int | None = None,
                         check_memory: bool = True, operations=TorchOps,
                         storage_device: str | torch.device | None = None) -> "BagelPipeline":
-        """``precision``: bf16, fp16, fp32, nf4, int8 (see quantization.py); a pre-quantized folder loads
-        directly. ``available_memory`` (bytes, None = measured free memory) bounds the fit check.
-        ``device`` is where the model computes; ``storage_device`` (default: ``device``) where its weights are
-        kept, for a host application that moves or streams them itself; ``operations`` its layer classes."""
+        """``precision``: bf16, fp16, fp32, nf4, int8, fp8_e4m3fn (see checkpoint/quantization.py) or auto (the
+        best that fits in ``available_memory`` / the free memory of the device, checkpoint/auto_precision.py); a
+        pre-quantized folder loads directly. ``available_memory`` (bytes, None = measured free memory) bounds the
+        fit check. ``device`` is where the model computes; ``storage_device`` (default: ``device``) where its
+        weights are kept, for a host application that moves or streams them itself; ``operations`` its layer
+        classes."""
         if not Path(path).is_dir():
             raise BagelCheckpointError(
                 f"Model folder {path} does not exist. Put the BAGEL-7B-MoT files there or pass another folder.")
         target = resolve_device(device)
         storage = target if storage_device is None else resolve_device(storage_device)
-        check_precision(precision)
         cdtype = resolve_compute_dtype(compute_dtype, target)
+        if precision == AUTO:
+            precision = resolve_auto(path, target, cdtype, available_memory).precision
+        check_precision(precision)
         start = time.perf_counter()
         tokenizer = Qwen2Tokenizer.from_folder(path)  # cheap: a missing file fails before the big read
         _, model, vae = load_with_precision(path, precision, storage, cdtype, available_bytes=available_memory,

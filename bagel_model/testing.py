@@ -1,7 +1,9 @@
 """Random checkpoints in the real BAGEL folder layout, for tests, benchmarks and the README demo.
 
 ``tiny`` runs each flow in seconds; ``small`` (~200 M parameters) has the full-size FLUX autoencoder and, when
-a copy is found, the real Qwen2.5 tokenizer. Weights are random: the images are noise and the text gibberish.
+a copy is found, the real Qwen2.5 tokenizer; ``real`` has the dimensions of BAGEL-7B-MoT (14.6 B parameters:
+meant for ``write_test_folder`` + weights made on a device, e.g. bench/gpu_check.py, not for a 29 GB file).
+Weights are random: the images are noise and the text gibberish.
 """
 from __future__ import annotations
 
@@ -53,6 +55,7 @@ PRESETS = {
     "tiny": Preset(64, 2, 4, 2, 128, 32, 2, 2, 64,
                    AEConfig(ch=32, ch_mult=(1, 1, 1, 1), num_res_blocks=1), real_tokenizer=False),
     "small": Preset(256, 6, 4, 2, 1408, 384, 4, 6, 1536, AEConfig(), real_tokenizer=True),
+    "real": Preset(3584, 28, 28, 4, 18944, 1152, 26, 16, 4304, AEConfig(), real_tokenizer=True),
 }
 
 
@@ -71,8 +74,10 @@ def find_qwen25_tokenizer() -> Path | None:
     return None
 
 
-def make_test_checkpoint(out_dir: str | Path, preset: str = "tiny", seed: int = 0,
-                         tokenizer_dir: str | Path | None = None) -> Path:
+def write_test_folder(out_dir: str | Path, preset: str = "tiny",
+                      tokenizer_dir: str | Path | None = None) -> tuple[Path, Path | None]:
+    """The JSON configs and tokenizer files of a ``preset`` folder, without weights; returns (folder, the
+    tokenizer copied or None for the built-in byte-level one)."""
     if preset not in PRESETS:
         raise ValueError(f"Unknown preset {preset!r}; choose one of {sorted(PRESETS)}.")
     spec = PRESETS[preset]
@@ -81,6 +86,12 @@ def make_test_checkpoint(out_dir: str | Path, preset: str = "tiny", seed: int = 
     source = Path(tokenizer_dir) if tokenizer_dir else (find_qwen25_tokenizer() if spec.real_tokenizer else None)
     vocab_rows = _write_tokenizer(out, source)
     _write_configs(out, spec, vocab_rows)
+    return out, source
+
+
+def make_test_checkpoint(out_dir: str | Path, preset: str = "tiny", seed: int = 0,
+                         tokenizer_dir: str | Path | None = None) -> Path:
+    out, source = write_test_folder(out_dir, preset, tokenizer_dir)
     generator = torch.Generator().manual_seed(seed)
     model, vae = build_skeleton(read_config(out))
     save_file(_random_state(model, generator, torch.bfloat16), str(out / "ema.safetensors"),

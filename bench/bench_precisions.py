@@ -2,9 +2,10 @@
 output difference against bf16; then the memory estimate at real dimensions (1024² T2I and 1024² edit).
 
 Usage: python bench/bench_precisions.py [--model DIR] [--steps 4] [--size 256] [--tokens 16] [--policies]
+       [--precisions bf16,fp8_e4m3fn]
 Without --model a `small` random checkpoint is made in a temporary folder. Each precision loads in its own
-process so its peak RSS is its own. ``--policies`` also measures the official "every Linear" policy for
-nf4/int8. Numbers are measured (the real-dimension table is an estimate and says so); nothing is asserted.
+process so its peak RSS is its own. ``--policies`` also measures the "every Linear" policy (the official one)
+for nf4/int8/fp8_e4m3fn; ``--precisions`` limits the run (bf16, the reference, always runs first). Numbers are measured (the real-dimension table is an estimate and says so); nothing is asserted.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from bagel_model import make_test_checkpoint  # noqa: E402
 from bagel_model.config import BagelConfig  # noqa: E402
 from bagel_model.checkpoint.memory import GiB, estimate_memory, official_weight_bytes, process_peak_rss_bytes  # noqa: E402
 
-PRECISIONS = ("bf16", "fp16", "fp32", "nf4", "int8")
+PRECISIONS = ("bf16", "fp16", "fp32", "nf4", "int8", "fp8_e4m3fn")
 
 
 class StepTimer:
@@ -145,6 +146,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=16)
     parser.add_argument("--compute-dtype", default="auto")
     parser.add_argument("--policies", action="store_true", help="also measure the all-linear policy")
+    parser.add_argument("--precisions", default=",".join(PRECISIONS), help="comma-separated subset")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--precision", help=argparse.SUPPRESS)
     parser.add_argument("--policy", default="default", help=argparse.SUPPRESS)
@@ -155,9 +157,10 @@ def main() -> None:
         return
     scratch = Path(tempfile.mkdtemp())
     folder = Path(args.model) if args.model else make_test_checkpoint(scratch / "small", "small", seed=0)
-    runs = [(p, "default") for p in PRECISIONS]
+    chosen = ["bf16"] + [p for p in args.precisions.split(",") if p in PRECISIONS and p != "bf16"]
+    runs = [(p, "default") for p in chosen]
     if args.policies:
-        runs += [("nf4", "all-linear"), ("int8", "all-linear")]
+        runs += [(p, "all-linear") for p in chosen if p in ("nf4", "int8", "fp8_e4m3fn")]
     rows = []
     for precision, policy in runs:
         latents = scratch / f"{precision}-{policy}.safetensors"

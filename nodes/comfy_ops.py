@@ -65,10 +65,12 @@ def _layer_class(name: str, comfy_namespace, always_cast: bool) -> type:
 
 @functools.lru_cache(maxsize=None)
 def _castable(cls: type, always_cast: bool) -> type:
-    """A layer built outside the namespace (bitsandbytes NF4/INT8 Linears) with ComfyUI's marker. Those
-    already read their tensors on the input's device per call; the marker lets ModelPatcher leave them on the
-    offload device. Same class name: the core recognises quantized Linears by it."""
-    return type(cls.__name__, (cls, comfy.ops.CastWeightBiasOp),
+    """A layer built outside the namespace (the NF4/INT8/FP8 Linears made at load time) with ComfyUI's marker.
+    Those already read their tensors on the input's device per call; the marker lets ModelPatcher leave them
+    on the offload device. A core cast-at-use layer (FP8: ``cast_weights`` then its scale) also gets ComfyUI's
+    transfer code when streamed. Same class name: the core recognises quantized Linears by it."""
+    bases = (_ComfyCast, cls) if issubclass(cls, core_ops.CastAtUse) else (cls,)
+    return type(cls.__name__, (*bases, comfy.ops.CastWeightBiasOp),
                 {"comfy_cast_weights": always_cast, "__module__": __name__})
 
 

@@ -16,12 +16,14 @@ from .compute_dtype import comfy_compute_dtype
 from .download import download_checkpoint
 from .memory_check import check_fits
 from .model_handle import MODEL_TYPE, BagelMoTModel
+from .precision_choice import AUTO, resolve_precision
 from .vae_bridge import checkpoint_vae
 
 logger = logging.getLogger(__name__)
 
-PRECISIONS = ("bf16", "fp16", "fp32", "nf4", "int8")
-QUANTIZED = ("nf4", "int8")
+# New choices are appended (saved workflows store the value, not the index, but the order is what users see).
+PRECISIONS = ("bf16", "fp16", "fp32", "nf4", "int8", "fp8_e4m3fn", AUTO)
+QUANTIZED = ("nf4", "int8")  # need bitsandbytes
 QUANTIZE_ROOM_BYTES = 2 * 1024 ** 3  # bitsandbytes quantizes one Linear on the GPU: weight + fp16 copy + result
 _DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 
@@ -73,9 +75,11 @@ class BagelMoTModelLoader:
                     "tooltip": "A checkpoint folder inside models/bagel (or a 'bagel' path from "
                                "extra_model_paths.yaml)."}),
                 "precision": (list(PRECISIONS), {
-                    "default": "bf16",
-                    "tooltip": "Weight format. bf16 is the reference; nf4 and int8 use less memory "
-                               "and need the bitsandbytes package."}),
+                    "default": AUTO,
+                    "tooltip": "Weight format. auto picks the best that runs on this GPU (bf16, then "
+                               "fp8_e4m3fn, int8, nf4; the log says why) and keeps a pre-quantized folder's "
+                               "own format. bf16 is the reference; fp8_e4m3fn halves it; nf4 and int8 need "
+                               "the bitsandbytes package."}),
                 "download_if_missing": ("BOOLEAN", {
                     "default": False,
                     "label_on": "download from Hugging Face",
@@ -100,6 +104,7 @@ class BagelMoTModelLoader:
         path = model_folders.find_model_folder(model_folder) or model_folders.find_partial_folder(model_folder)
         if path is None or incomplete_files(path):  # _folder_problem let it through: download_if_missing is on
             path = download_checkpoint(path or model_folders.download_target_dir())
+        precision, _ = resolve_precision(path, model_folder, precision)
         check_fits(path, model_folder, precision)
         device, offload_device = mm.get_torch_device(), mm.unet_offload_device()
         compute_dtype = resolve_compute_dtype(comfy_compute_dtype(device), device)

@@ -1,7 +1,7 @@
 """The object that travels along BAGEL_MOT_MODEL links.
 
 It pairs the core `BagelPipeline` with ComfyUI model patchers, one per weight group of BAGEL
-(bagel_model/residency.py: gen expert, und expert + embeddings + lm_head, ViT, autoencoder), so ComfyUI's
+(bagel_model/checkpoint/residency.py: gen expert, und expert + embeddings + lm_head, ViT, autoencoder), so ComfyUI's
 memory manager owns every weight: the model is built on the offload device and nothing moves to the GPU
 except through ComfyUI. Before each phase of a call the pipeline's phase hook asks ComfyUI to load that
 phase's groups (`load_models_gpu`) with the working memory of this call (its mode and image sizes, from the

@@ -91,7 +91,8 @@ def read_marker(folder: str | Path) -> dict | None:
             f"{path} describes format {marker.get('format')!r} v{marker.get('version')}, but this version of "
             f"bagel_model reads {FORMAT_NAME} v{FORMAT_VERSION}; quantize the original folder again.")
     if marker.get("precision") not in QUANTIZED_PRECISIONS:
-        raise BagelCheckpointError(f"{path} names precision {marker.get('precision')!r}; expected nf4 or int8.")
+        raise BagelCheckpointError(f"{path} names precision {marker.get('precision')!r}; expected one of "
+                                   f"{', '.join(QUANTIZED_PRECISIONS)}.")
     weights = Path(folder) / marker["weights_file"]
     if not weights.is_file():
         raise BagelCheckpointError(

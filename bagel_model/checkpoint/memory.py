@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 
 TASKS = ("t2i", "edit", "understand", "think")
 GiB = 1024 ** 3
-_DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4, "nf4": 2, "int8": 2}  # storage of non-quantized tensors
+# Storage bytes of the tensors a precision does not quantize.
+_DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4, "nf4": 2, "int8": 2, "fp8_e4m3fn": 2}
 _AE_BYTES = 4  # the autoencoder stays fp32 whatever the precision (it is 0.3 GB and decodes to pixels)
 _DEFAULT_CFG_BRANCHES = {"t2i": 2, "edit": 3, "understand": 1, "think": 1}
 _SYSTEM_AND_FRAMING_TOKENS = 64  # system prompt (think modes) and <|im_start|>/<|im_end|> markers
@@ -60,6 +61,8 @@ class MemoryEstimate:
 def _quantized_linear_bytes(weight: TensorSpec, precision: str) -> int:
     if precision == "nf4":  # packed 4-bit + one fp32 absmax per 64-value block + the 16-entry code
         return math.ceil(weight.numel / 2) + 4 * math.ceil(weight.numel / NF4_BLOCKSIZE) + 64
+    if precision == "fp8_e4m3fn":  # one byte per value + the fp32 per-tensor scale
+        return weight.numel + 4
     return weight.numel + 4 * weight.shape[0]  # int8 values + one fp32 scale per output row
 
 
@@ -150,8 +153,9 @@ _LM_OVERHEAD = 1.2
 
 def _weight_copy_bytes(config: BagelConfig, precision: str, compute_bytes: int) -> int:
     """A Linear whose stored dtype differs from the compute dtype materialises its weight per call (ops.Linear
-    casts it, bitsandbytes NF4 dequantizes it): the largest decoder weight (the MLP) in compute precision."""
-    if precision != "nf4" and _DTYPE_BYTES[precision] == compute_bytes:
+    casts it, bitsandbytes NF4 and fp8 dequantize it): the largest decoder weight (the MLP) in compute
+    precision."""
+    if precision not in ("nf4", "fp8_e4m3fn") and _DTYPE_BYTES[precision] == compute_bytes:
         return 0
     return config.llm.intermediate_size * config.llm.hidden_size * compute_bytes
 
@@ -281,7 +285,8 @@ def check_fits(estimate: MemoryEstimate, available_bytes: int | None, device: to
     log.info("Memory plan: %s; %.2f GiB free on %s", estimate.summary(), available_bytes / GiB, device)
     if estimate.total_bytes <= available_bytes:
         return
-    fitting = [p for p in ("bf16", "int8", "nf4") if estimate.total_by_precision.get(p, math.inf) <= available_bytes]
+    fitting = [p for p in ("bf16", "fp8_e4m3fn", "int8", "nf4")
+               if estimate.total_by_precision.get(p, math.inf) <= available_bytes]
     if fitting:
         advice = (f"precision {fitting[0]!r} would fit (about "
                   f"{estimate.total_by_precision[fitting[0]] / GiB:.2f} GiB): pass precision={fitting[0]!r} "

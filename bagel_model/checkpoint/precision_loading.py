@@ -21,8 +21,8 @@ from ..model.ops import TorchOps
 from .folder import AE_FILE, WEIGHTS_FILE, read_config, read_marker
 from .loading import build_skeleton, load_bagel, load_module_weights
 from .memory import GiB, MemoryEstimate, available_memory, check_fits, estimate_memory
-from .quantization import (QUANTIZED_PRECISIONS, check_precision, import_bitsandbytes, linear_factory,
-                           probe_device, storage_dtype)
+from .quantization import (BITSANDBYTES_PRECISIONS, QUANTIZED_PRECISIONS, check_precision, import_bitsandbytes,
+                           linear_factory, probe_device, storage_dtype)
 from .prequantized import load_prequantized_weights, save_quantized
 
 log = logging.getLogger(__name__)
@@ -31,8 +31,9 @@ log = logging.getLogger(__name__)
 def _log_plan(folder: Path, precision: str, device: torch.device, estimate: MemoryEstimate, source: Path) -> None:
     weights = estimate.details["weights"]
     if precision in QUANTIZED_PRECISIONS:
-        log.info("Loading %s to %s: %.2f GiB of Linears as %s (bitsandbytes), %.2f GiB of other tensors as %s, "
+        log.info("Loading %s to %s: %.2f GiB of Linears as %s (%s), %.2f GiB of other tensors as %s, "
                  "autoencoder %.2f GiB fp32", source, device, weights["quantized"] / GiB, precision,
+                 "bitsandbytes" if precision in BITSANDBYTES_PRECISIONS else "per-tensor scale, cast at use",
                  weights["full_precision"] / GiB, storage_dtype(precision), estimate.autoencoder_bytes / GiB)
     else:
         log.info("Loading %s to %s: %.2f GiB of weights as %s, autoencoder %.2f GiB fp32", source, device,
@@ -76,10 +77,11 @@ def load_with_precision(folder: str | Path, precision: str, device: torch.device
                         compute_device: torch.device | None = None):
     """Returns ``(config, bagel, autoencoder)`` loaded on ``device`` in ``precision``.
 
-    ``operations``: the layer namespace the model is built with (see model/ops.py). ``compute_device``: the
-    device the model will compute on when it differs from the one that stores it (``device``: e.g. the host,
-    for a memory manager that streams or moves the weights itself). The bitsandbytes probe, the memory check
-    and the quantization itself (one Linear at a time) run there.
+    ``operations``: the layer namespace the model is built with (see model/ops.py; fp8 Linears are
+    ``operations.castable(Fp8Linear)``). ``compute_device``: the device the model will compute on when it
+    differs from the one that stores it (``device``: e.g. the host, for a memory manager that streams or moves
+    the weights itself). The bitsandbytes probe, the memory check and the bitsandbytes quantization itself (one
+    Linear at a time) run there.
 
     ``available_bytes`` is the memory budget for the fit check (None: measured free memory of ``device``);
     the load is refused when even a 512x512 text-to-image call would not fit. ``check_memory=False`` skips
@@ -91,7 +93,7 @@ def load_with_precision(folder: str | Path, precision: str, device: torch.device
         raise BagelCheckpointError(f"Model folder {folder} does not exist.")
     marker = _check_folder_precision(folder, precision)
     compute_device = compute_device or device
-    if precision in QUANTIZED_PRECISIONS:
+    if precision in BITSANDBYTES_PRECISIONS:
         import_bitsandbytes(precision)
         probe_device(precision, compute_device, compute_dtype)
     config = read_config(folder)
@@ -133,7 +135,8 @@ def quantize_folder(model_dir: str | Path, out_dir: str | Path, precision: str, 
                     policy: str = "default") -> Path:
     """Streams ``model_dir`` into ``precision`` on ``device`` and writes the pre-quantized folder ``out_dir``."""
     if precision not in QUANTIZED_PRECISIONS:
-        raise BagelInputError(f"quantize needs --precision nf4 or int8, not {precision!r}.")
+        raise BagelInputError(f"quantize needs --precision {' or '.join(QUANTIZED_PRECISIONS)}, not "
+                              f"{precision!r}.")
     if read_marker(model_dir) is not None:
         raise BagelInputError(f"{model_dir} is already pre-quantized; quantize the original BAGEL folder.")
     target = resolve_device(device)

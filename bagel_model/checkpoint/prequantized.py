@@ -1,4 +1,5 @@
-"""Pre-quantized BAGEL folders: save a loaded NF4/INT8 model, detect such a folder, load it without re-quantizing.
+"""Pre-quantized BAGEL folders: save a loaded NF4/INT8/FP8 model, detect such a folder, load it without
+re-quantizing.
 
 Layout of a pre-quantized folder (everything a normal folder has, except ``ema.safetensors``):
 
@@ -6,7 +7,8 @@ Layout of a pre-quantized folder (everything a normal folder has, except ``ema.s
 * ``ema.<precision>.safetensors`` — every ``Bagel`` tensor. A quantized Linear ``<name>`` stores bitsandbytes'
   own serialisation: NF4 ``<name>.weight`` (packed uint8) + ``<name>.weight.absmax`` / ``.quant_map`` /
   ``.quant_state.bitsandbytes__nf4`` (packed metadata); INT8 ``<name>.weight`` (int8) + ``<name>.SCB`` (fp32
-  row scales). Biases and every other tensor are stored in the precision's storage dtype (bf16).
+  row scales); FP8 ``<name>.weight`` (float8_e4m3fn) + ``<name>.scale_weight`` (fp32 scalar). Biases and every
+  other tensor are stored in the precision's storage dtype (bf16).
 * ``ae.safetensors``, the JSON configs and the tokenizer files, copied unchanged.
 
 Loading reads only these tensors: no re-quantization, no read of the original 29 GB file.
@@ -24,10 +26,11 @@ from torch import nn
 
 from ..errors import BagelCheckpointError, BagelInputError
 from ..model.ops import Linear, TorchOps
+from .fp8 import Fp8Linear, fill_fp8_linear, fp8_linear_tensors, is_fp8_linear
 from .folder import FORMAT_NAME, FORMAT_VERSION, MARKER_FILE, weights_file_name
 from .loading import set_submodule
-from .quantization import (INT8_OUTLIER_THRESHOLD, NF4_BLOCKSIZE, QUANTIZED_PRECISIONS, _linear_classes,
-                           import_bitsandbytes, is_quantized_linear, storage_dtype)
+from .quantization import (BITSANDBYTES_PRECISIONS, INT8_OUTLIER_THRESHOLD, NF4_BLOCKSIZE, QUANTIZED_PRECISIONS,
+                           _linear_classes, import_bitsandbytes, is_quantized_linear, storage_dtype)
 from .safetensors_header import read_header
 from .safetensors_writer import write_safetensors
 
@@ -39,7 +42,10 @@ _COPIED_FILES = ("llm_config.json", "vit_config.json", "ae_config.json", "ae.saf
 
 
 def quantized_linear_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
-    """bitsandbytes' serialised form of one quantized Linear, keys relative to the module."""
+    """Stored form of one quantized Linear (bitsandbytes' serialisation, or fp8 + scale), keys relative to
+    the module."""
+    if is_fp8_linear(module):
+        return fp8_linear_tensors(module)
     _, nf4_cls, int8_cls = _linear_classes()
     if isinstance(module, nf4_cls):
         state = module.quant_state()
@@ -60,8 +66,14 @@ def quantized_linear_from_tensors(name: str, tensors: dict[str, torch.Tensor], d
                                   compute_dtype: torch.dtype, operations=TorchOps) -> nn.Module:
     """Rebuilds a quantized Linear from ``quantized_linear_tensors`` output, on ``device``; its class is
     ``operations.castable`` of ours."""
-    bnb, nf4_cls, int8_cls = _linear_classes()
     bias = tensors.get("bias")
+    if "scale_weight" in tensors:
+        out_features, in_features = tensors["weight"].shape
+        module = operations.castable(Fp8Linear)(in_features, out_features, bias=bias is not None, device="meta")
+        module.compute_dtype = compute_dtype
+        return fill_fp8_linear(module, tensors["weight"].to(device), tensors["scale_weight"].to(device),
+                               None if bias is None else bias.to(device))
+    bnb, nf4_cls, int8_cls = _linear_classes()
     if _NF4_STATE_KEY in tensors:
         shape = _nf4_shape(tensors)
         stats = {k[len("weight."):]: v for k, v in tensors.items() if k.startswith("weight.")}
@@ -81,7 +93,7 @@ def quantized_linear_from_tensors(name: str, tensors: dict[str, torch.Tensor], d
         module.weight = nn.Parameter(tensors["weight"].to(device), requires_grad=False)
         module.SCB = tensors["SCB"].to(device)
     else:
-        raise BagelCheckpointError(f"{name} has neither NF4 nor INT8 quantization tensors.")
+        raise BagelCheckpointError(f"{name} has neither NF4, INT8 nor FP8 quantization tensors.")
     module.bias = None if bias is None else nn.Parameter(bias.to(device), requires_grad=False)
     return module.eval()
 
@@ -119,14 +131,12 @@ def save_quantized(model: nn.Module, source_folder: str | Path, out_dir: str | P
     pre-quantized.
     """
     if precision not in QUANTIZED_PRECISIONS:
-        raise BagelInputError(f"save_quantized needs precision nf4 or int8, not {precision!r}; "
-                              f"load the model with precision='nf4' or 'int8' first.")
+        raise BagelInputError(f"save_quantized needs precision {', '.join(QUANTIZED_PRECISIONS)}, not "
+                              f"{precision!r}; load the model with one of them first.")
     source, out_dir = Path(source_folder), Path(out_dir)
     if out_dir.exists() and out_dir.resolve() == source.resolve():
         raise BagelInputError(f"The output folder {out_dir} is the model folder itself; choose a new folder.")
-    _, nf4_cls, int8_cls = _linear_classes()
-    wanted = nf4_cls if precision == "nf4" else int8_cls
-    count = sum(isinstance(m, wanted) for m in model.modules())
+    count = sum(_is_layer_of(module, precision) for module in model.modules())
     if count == 0:
         raise BagelInputError(f"The model holds no {precision} Linear; load it with precision={precision!r} "
                               f"before saving it as a pre-quantized {precision} folder.")
@@ -138,12 +148,12 @@ def save_quantized(model: nn.Module, source_folder: str | Path, out_dir: str | P
     for name in _COPIED_FILES:
         if (source / name).is_file():
             shutil.copyfile(source / name, out_dir / name)
-    bnb = import_bitsandbytes(precision)
     marker = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "precision": precision,
               "weights_file": weights.name, "policy": policy, "quantized_linears": count,
               "storage_dtype": str(storage_dtype(precision)).removeprefix("torch."),
-              "bitsandbytes_version": bnb.__version__, "torch_version": torch.__version__,
-              "source_folder": source.name}
+              "torch_version": torch.__version__, "source_folder": source.name}
+    if precision in BITSANDBYTES_PRECISIONS:
+        marker["bitsandbytes_version"] = import_bitsandbytes(precision).__version__
     partial = out_dir / (MARKER_FILE + ".partial")
     partial.write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
     partial.replace(out_dir / MARKER_FILE)
@@ -152,7 +162,18 @@ def save_quantized(model: nn.Module, source_folder: str | Path, out_dir: str | P
     return out_dir
 
 
-_QUANTIZED_SUFFIXES = ("weight", "bias", "SCB", "weight.absmax", "weight.quant_map", _NF4_STATE_KEY)
+def _is_layer_of(module: nn.Module, precision: str) -> bool:
+    if precision == "fp8_e4m3fn":
+        return is_fp8_linear(module)
+    if not is_quantized_linear(module) or is_fp8_linear(module):
+        return False
+    _, nf4_cls, int8_cls = _linear_classes()
+    return isinstance(module, nf4_cls if precision == "nf4" else int8_cls)
+
+
+_QUANTIZED_SUFFIXES = ("weight", "bias", "SCB", "scale_weight", "weight.absmax", "weight.quant_map",
+                       _NF4_STATE_KEY)
+_QUANTIZED_MARKS = ("SCB", "scale_weight", _NF4_STATE_KEY)  # a Linear stored with one of these is quantized
 
 
 def load_prequantized_weights(module: nn.Module, path: Path, device: torch.device, precision: str,
@@ -164,7 +185,7 @@ def load_prequantized_weights(module: nn.Module, path: Path, device: torch.devic
         with safe_open(str(path), framework="pt", device="cpu") as reader:
             for name, leaf in list(module.named_modules()):
                 prefix = f"{name}." if name else ""
-                if isinstance(leaf, Linear) and (prefix + "SCB" in header or prefix + _NF4_STATE_KEY in header):
+                if isinstance(leaf, Linear) and any(prefix + mark in header for mark in _QUANTIZED_MARKS):
                     keys = [prefix + s for s in _QUANTIZED_SUFFIXES if prefix + s in header]
                     tensors = {k[len(prefix):]: reader.get_tensor(k) for k in keys}
                     set_submodule(module, name, quantized_linear_from_tensors(name, tensors, device,

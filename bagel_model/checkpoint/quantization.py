@@ -2,7 +2,8 @@
 
 Precisions: ``bf16``, ``fp16``, ``fp32`` store every tensor in that dtype; ``nf4`` and ``int8`` store the Linears
 selected by the quantization policy with bitsandbytes (``Linear4bit`` NF4, ``Linear8bitLt`` LLM.int8 with
-outlier threshold 6.0) and every other tensor in bf16, the dtype of ``ema.safetensors`` (lossless, and half of
+outlier threshold 6.0), ``fp8_e4m3fn`` stores them as float8 with a per-tensor scale (``fp8.py``, plain
+torch), and all three keep every other tensor in bf16, the dtype of ``ema.safetensors`` (lossless, and half of
 the fp32 the official INT8 mode uses for them).
 
 Policy (see docs/quantization.md for the measurements behind it): the decoder Linears of both experts (98.6 %
@@ -24,17 +25,19 @@ from torch import nn
 
 from ..errors import BagelInputError
 from ..model.ops import Linear, TorchOps
+from .fp8 import Fp8Linear, is_fp8_linear, make_fp8_linear
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("bf16", "fp16", "fp32", "nf4", "int8")
-QUANTIZED_PRECISIONS = ("nf4", "int8")
+PRECISIONS = ("bf16", "fp16", "fp32", "nf4", "int8", "fp8_e4m3fn")
+QUANTIZED_PRECISIONS = ("nf4", "int8", "fp8_e4m3fn")  # the policy's Linears are stored in a smaller format
+BITSANDBYTES_PRECISIONS = ("nf4", "int8")
 MIN_BITSANDBYTES = (0, 48, 0)  # first release whose NF4 and INT8 Linears both run on the CPU backend
 NF4_BLOCKSIZE = 64
 INT8_OUTLIER_THRESHOLD = 6.0
 
 _STORAGE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
-                   "nf4": torch.bfloat16, "int8": torch.bfloat16}
+                   "nf4": torch.bfloat16, "int8": torch.bfloat16, "fp8_e4m3fn": torch.bfloat16}
 
 # Module groups, by qualified module name inside ``Bagel`` (attribute names equal the checkpoint keys).
 _GROUP_PATTERNS = {
@@ -60,7 +63,7 @@ def check_precision(precision: str) -> str:
     if precision not in PRECISIONS:
         raise BagelInputError(
             f"Unknown precision {precision!r}; use one of {', '.join(PRECISIONS)} "
-            f"(nf4/int8 need the bitsandbytes package).")
+            f"(nf4/int8 need the bitsandbytes package; 'auto' is resolved by the loader before this check).")
     return precision
 
 
@@ -78,7 +81,8 @@ def module_group(module_name: str) -> str | None:
 
 
 def should_quantize(module_name: str, precision: str, policy: str = "default") -> bool:
-    """True when ``module_name`` (a Linear of ``Bagel``) is stored by bitsandbytes in this precision."""
+    """True when ``module_name`` (a Linear of ``Bagel``) is stored quantized (bitsandbytes or fp8) in this
+    precision."""
     if check_precision(precision) not in QUANTIZED_PRECISIONS:
         return False
     if policy not in POLICIES:
@@ -205,6 +209,9 @@ def _linear_classes():
 
 
 def is_quantized_linear(module: nn.Module) -> bool:
+    """An NF4, INT8 or FP8 layer made by the loader (never a plain ``ops.Linear``)."""
+    if is_fp8_linear(module):
+        return True
     if not any(type(module).__name__ == n for n in ("NF4Linear", "Int8Linear")):
         return False
     _, nf4_cls, int8_cls = _linear_classes()
@@ -302,11 +309,15 @@ def linear_factory(precision: str, compute_dtype: torch.dtype, policy: str = "de
     """Adapter for ``loading.load_module_weights``: (name, module, tensors on device) -> replacement or None.
 
     ``quantize_device`` (default: where the tensors arrive) is where bitsandbytes quantizes; the result is kept
-    where the tensors arrived (a GPU quantizes a host-resident model one Linear at a time)."""
+    where the tensors arrived (a GPU quantizes a host-resident model one Linear at a time). FP8 is quantized
+    where the tensors arrive (plain torch, cheap anywhere); its class is ``operations.castable(Fp8Linear)``."""
 
     def factory(name: str, module: nn.Module, tensors: dict) -> nn.Module | None:
         if not isinstance(module, Linear) or not should_quantize(name, precision, policy):
             return None
+        if precision == "fp8_e4m3fn":
+            return make_fp8_linear(tensors["weight"], tensors.get("bias"), compute_dtype,
+                                   operations.castable(Fp8Linear))
         home = tensors["weight"].device
         return make_quantized_linear(name, tensors["weight"], tensors.get("bias"), precision,
                                      quantize_device or home, compute_dtype, operations=operations, store_on=home)
@@ -316,7 +327,7 @@ def linear_factory(precision: str, compute_dtype: torch.dtype, policy: str = "de
 
 def probe_device(precision: str, device: torch.device | str, compute_dtype: torch.dtype) -> None:
     """Quantizes and runs a 64x64 Linear on ``device`` so an unsupported setup fails before the big read."""
-    if precision not in QUANTIZED_PRECISIONS:
+    if precision not in BITSANDBYTES_PRECISIONS:
         return
     weight = torch.linspace(-1, 1, 64 * 64, dtype=torch.bfloat16).reshape(64, 64)
     module = make_quantized_linear("probe", weight, None, precision, device, compute_dtype)

@@ -12,7 +12,7 @@ import torch
 
 from test_node_contract import FAST, image_batch
 
-PRECISIONS = ("bf16", "fp16", "fp32", "nf4", "int8")
+PRECISIONS = ("bf16", "fp16", "fp32", "nf4", "int8", "fp8_e4m3fn")
 CPU = torch.device("cpu")
 
 

@@ -5,7 +5,7 @@ import pytest
 from bagel_model import BagelPipeline
 from PIL import Image
 
-PRECISIONS = ("bf16", "fp16", "fp32", "nf4", "int8")
+PRECISIONS = ("bf16", "fp16", "fp32", "nf4", "int8", "fp8_e4m3fn")
 
 
 def run_flows(pipe: BagelPipeline) -> dict:

@@ -71,7 +71,7 @@ def test_task_shapes():
     # spec §5.2: 1024x768 -> 3072 latent + 3640 ViT tokens, markers included in each block
     assert edit.details["context_tokens"]["cfg_text"] == (3072 + 2) + (3640 + 2)
     assert edit.kv_cache_bytes > t2i.kv_cache_bytes
-    assert set(t2i.total_by_precision) == {"bf16", "fp16", "fp32", "nf4", "int8"}
+    assert set(t2i.total_by_precision) == {"bf16", "fp16", "fp32", "nf4", "int8", "fp8_e4m3fn"}
     assert t2i.total_by_precision["nf4"] == t2i.total_bytes
     assert "nf4 t2i" in t2i.summary() and "GiB" in t2i.summary()
 
@@ -79,7 +79,7 @@ def test_task_shapes():
 def test_check_fits():
     estimate = estimate_memory(REAL, "bf16", "t2i")
     check_fits(estimate, estimate.total_bytes, "cuda:0")
-    with pytest.raises(BagelMemoryError, match=r"cuda:0.*bf16 t2i.*24.00 GiB is free.*precision 'int8'"):
+    with pytest.raises(BagelMemoryError, match=r"cuda:0.*bf16 t2i.*24.00 GiB is free.*precision 'fp8_e4m3fn'"):
         check_fits(estimate, 24 * GiB, "cuda:0")
     with pytest.raises(BagelMemoryError, match="no precision fits"):
         check_fits(estimate, 4 * GiB, "cuda:0")

@@ -14,7 +14,7 @@ from bagel_model.checkpoint.folder import MARKER_FILE, weights_file_name
 from quant_helpers import run_flows
 
 
-@pytest.fixture(scope="module", params=["nf4", "int8"])
+@pytest.fixture(scope="module", params=["nf4", "int8", "fp8_e4m3fn"])
 def saved(request, pipes, tmp_path_factory):
     precision = request.param
     out = tmp_path_factory.mktemp(f"pre_{precision}") / "BAGEL-tiny-pre"
@@ -41,7 +41,11 @@ def test_round_trip_is_bit_identical(saved, pipes, flow_outputs, monkeypatch):
             raise AssertionError(f"a pre-quantized folder must not be quantized again ({name})")
         return real_factory(name, *args, **kwargs)
 
+    def no_fp8_quantization(*args, **kwargs):
+        raise AssertionError("a pre-quantized fp8 folder must not be quantized again")
+
     monkeypatch.setattr(quantization, "make_quantized_linear", no_requantization)
+    monkeypatch.setattr(quantization, "make_fp8_linear", no_fp8_quantization)
     loaded = BagelPipeline.from_pretrained(out, precision=precision, device="cpu", compute_dtype="fp32")
     original = pipes[precision].model.bagel.state_dict()
     reloaded = loaded.model.bagel.state_dict()
@@ -58,13 +62,13 @@ def test_round_trip_is_bit_identical(saved, pipes, flow_outputs, monkeypatch):
 
 def test_wrong_precision_for_a_prequantized_folder(saved):
     precision, out = saved
-    other = "int8" if precision == "nf4" else "nf4"
+    other = "int8" if precision != "int8" else "nf4"
     with pytest.raises(BagelInputError, match=f"pre-quantized {precision} folder"):
         BagelPipeline.from_pretrained(out, precision=other, device="cpu")
 
 
 def test_saving_a_full_precision_pipeline_is_refused(pipes, tmp_path):
-    with pytest.raises(BagelInputError, match="nf4 or int8"):
+    with pytest.raises(BagelInputError, match="nf4, int8, fp8_e4m3fn"):
         pipes["bf16"].save_quantized(tmp_path / "x")
 
 

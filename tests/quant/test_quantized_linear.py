@@ -100,5 +100,5 @@ def test_policy_choices():
 
 
 def test_probe_runs_on_cpu():
-    for precision in q.QUANTIZED_PRECISIONS:
+    for precision in q.BITSANDBYTES_PRECISIONS:
         q.probe_device(precision, "cpu", torch.float32)
