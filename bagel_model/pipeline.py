@@ -18,6 +18,7 @@ from .errors import BagelCheckpointError, BagelInputError
 from .text.framing import GEN_THINK_SYSTEM_PROMPT, VLM_THINK_SYSTEM_PROMPT, SpecialIds, extract_generated_text
 from .generation.image_batch import image_seeds, job_progress, shares_context
 from .generation.images import to_pil, to_unit_pixels, unpatchify_latent
+from .generation.request_items import request_items
 from .checkpoint.memory import batch_cfg_fits
 from .oom import release_on_oom
 from .checkpoint.precision_loading import load_with_precision
@@ -223,21 +224,7 @@ class BagelPipeline:
     # ---- internals ----------------------------------------------------------------------------------
 
     def _items(self, images, prompt: str | None, inputs: list | None) -> list:
-        if inputs is not None:
-            items = list(inputs)
-        else:
-            if isinstance(images, Image.Image):
-                images = [images]
-            items = [*(images or []), prompt]
-        for item in items:
-            if isinstance(item, str):
-                if not item.strip():
-                    raise BagelInputError("The prompt is empty; write what the model should do.")
-            elif not isinstance(item, Image.Image):
-                raise BagelInputError(f"Inputs must be strings or PIL images, got {type(item).__name__}.")
-        if not any(isinstance(item, str) for item in items):
-            raise BagelInputError("The prompt is empty; write what the model should do.")
-        return items
+        return request_items(images, prompt, inputs)
 
     def _phase(self, name: str) -> None:
         if self.phase_hook is not None:

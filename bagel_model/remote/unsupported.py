@@ -5,6 +5,7 @@ from __future__ import annotations
 from PIL import Image
 
 from ..errors import BagelInputError
+from ..generation.request_items import request_items as checked_request_items
 from .schema import SEED_LIMIT, SCHEMA_VERSION
 
 SERVER_TIMESTEP_SHIFT = 3.0  # what vLLM-Omni's BAGEL pipeline uses when it does not read the field
@@ -47,18 +48,7 @@ def request_items(images, prompt, inputs, what: str) -> list:
     """The strings and images of one request, in order (``inputs`` when given, as the local pipeline reads it,
     else the images then the prompt). vLLM-Omni's chat endpoint uses only the first image of a request, so
     more are refused instead of dropped."""
-    if inputs is not None:
-        items = list(inputs)
-    else:
-        items = [*([images] if isinstance(images, Image.Image) else list(images or [])), prompt]
-    for item in items:
-        if isinstance(item, str):
-            if not item.strip():
-                raise BagelInputError("The prompt is empty; write what the model should do.")
-        elif not isinstance(item, Image.Image):
-            raise BagelInputError(f"Inputs must be strings or PIL images, got {type(item).__name__}.")
-    if not any(isinstance(item, str) for item in items):
-        raise BagelInputError("The prompt is empty; write what the model should do.")
+    items = checked_request_items(images, prompt, inputs)
     count = sum(1 for item in items if isinstance(item, Image.Image))
     if count > 1:
         raise BagelInputError(
