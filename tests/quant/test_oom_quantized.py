@@ -12,13 +12,13 @@ def _oom(*args, **kwargs):
 
 
 def test_oom_while_quantizing_a_linear_propagates(tiny_checkpoint, monkeypatch):
-    real, calls = quantization._nf4_param_cpu, []
+    real, calls = quantization._nf4_cpu, []
 
     def quantize_then_run_out(*args):
         calls.append(1)
         return _oom() if len(calls) == 3 else real(*args)  # call 1 is the 64x64 probe
 
-    monkeypatch.setattr(quantization, "_nf4_param_cpu", quantize_then_run_out)
+    monkeypatch.setattr(quantization, "_nf4_cpu", quantize_then_run_out)
     with pytest.raises(torch.OutOfMemoryError, match="injected"):
         BagelPipeline.from_pretrained(tiny_checkpoint, precision="nf4", device="cpu", compute_dtype="fp32")
     monkeypatch.undo()
