@@ -19,7 +19,7 @@ from ..devices import resolve_device
 from ..errors import BagelCheckpointError, BagelInputError
 from ..model.ops import TorchOps
 from .folder import AE_FILE, WEIGHTS_FILE, read_config, read_marker
-from .loading import build_skeleton, load_bagel, load_module_weights
+from .loading import build_skeleton, checkpoint_layout, load_bagel, load_module_weights
 from .memory import GiB, MemoryEstimate, available_memory, check_fits, estimate_memory
 from .quantization import (BITSANDBYTES_PRECISIONS, QUANTIZED_PRECISIONS, check_precision, import_bitsandbytes,
                            linear_factory, probe_device, storage_dtype)
@@ -115,8 +115,9 @@ def load_with_precision(folder: str | Path, precision: str, device: torch.device
             raise BagelCheckpointError(f"{AE_FILE} is missing in the pre-quantized folder {folder}; copy it "
                                        f"from the original BAGEL folder.")
         model, vae = build_skeleton(config, operations)
-        load_prequantized_weights(model, source, device, precision, compute_dtype, operations)
-        load_module_weights(vae, folder / AE_FILE, device, torch.float32)
+        model_keys, vae_keys = checkpoint_layout(config)
+        load_prequantized_weights(model, source, device, precision, compute_dtype, operations, model_keys)
+        load_module_weights(vae, folder / AE_FILE, device, torch.float32, expected=vae_keys)
         model, vae = model.eval(), vae.eval()
     _return_freed_heap_to_os()
     log.info("Weights of %s resident on %s after %.1f s", folder, device, time.perf_counter() - start)
