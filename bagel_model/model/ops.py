@@ -54,12 +54,14 @@ class CastAtUse:
                           tensor_bytes(tensor) if nbytes is None else nbytes, tensor.device != device)
 
     def fetch(self, name: str, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor | None:
-        """Stored tensor ``name`` on ``device`` in ``dtype`` (None keeps it), reported to the ledger.
+        """Stored tensor ``name`` on ``device`` in ``dtype`` (None keeps it), reported to the ledger as a read
+        from where the layer holds it (its attribute: a test's ``stored`` may serve the values from elsewhere).
         ``.to()`` returns the tensor itself when it already has this device and dtype: no copy when resident."""
         tensor = self.stored(name)
         if tensor is None:
             return None
-        self.report_read(tensor, device)
+        held = getattr(self, name, None)
+        self.report_read(tensor if held is None else held, device)
         return tensor.to(device=device, dtype=dtype)
 
     def cast_weights(self, x: torch.Tensor, dtype: torch.dtype | None = None,
@@ -101,7 +103,8 @@ class Embedding(CastAtUse, nn.Embedding):
     def lookup(self, ids: torch.Tensor) -> torch.Tensor:
         table = self.stored("weight")
         rows = F.embedding(ids.to(table.device), table)
-        self.report_read(table, ids.device, tensor_bytes(rows))  # only the gathered rows are read and moved
+        # Only the gathered rows are read and moved; reported from where the layer holds its table.
+        self.report_read(getattr(self, "weight", None), ids.device, tensor_bytes(rows))
         return rows.to(ids.device)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
