@@ -28,10 +28,11 @@ def require(condition: bool, reason: str) -> None:
     pytest.skip(reason)
 
 
-@pytest.fixture(autouse=True)
-def _slow_tier_only_when_asked(request):
-    if request.node.get_closest_marker("slow") is not None:
-        require(SLOW_TESTS_ON, "slow tier: runs with BAGEL_SLOW_TESTS=1 (.ci/run sets it; README, 'Tests')")
+def pytest_runtest_setup(item):
+    """The slow tier, before any of its fixtures (a browser, a server) is set up."""
+    if item.get_closest_marker("slow") is not None:
+        require(SLOW_TESTS_ON, "slow tier (robustness sweep, browser tests): runs with BAGEL_SLOW_TESTS=1 "
+                               "(.ci/run sets it; README, 'Tests')")
 
 
 @pytest.fixture(scope="session")

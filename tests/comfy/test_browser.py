@@ -12,6 +12,8 @@ import pytest
 from conftest import require
 from workflow_cases import FAST_WIDGETS, TEXT_NODE_TYPES, WORKFLOW_NAMES, load_workflow
 
+pytestmark = pytest.mark.slow  # the browser tier (README, 'Tests')
+
 PREVIEW_WIDGET_NAME = "bagel_mot_text"
 FRONTENDS = ["pinned", "latest"]
 
