@@ -6,6 +6,8 @@ import pytest
 from test_browser import FRONTENDS, _frontend_root, _open_frontend, browser  # noqa: F401 (browser: fixture)
 from workflow_cases import load_workflow
 
+pytestmark = pytest.mark.slow  # the browser tier (README, 'Tests')
+
 NEW_NODES_JS = """
 const app = window.comfyAPI.app.app;
 const controls = {};

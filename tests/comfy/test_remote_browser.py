@@ -13,6 +13,8 @@ from workflow_cases import FAST_WIDGETS, load_workflow
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "remote"))
 from fake_vllm_omni import FakeVllmOmni  # noqa: E402
 
+pytestmark = pytest.mark.slow  # the browser tier (README, 'Tests')
+
 WARNING_WIDGET_JS = """
 const app = window.comfyAPI.app.app;
 const node = (app.graph._nodes ?? app.graph.nodes).find((n) => n.type === "BagelMoTTextToImage");
