@@ -42,7 +42,7 @@ from ..config import BagelConfig
 from .folder import read_config, read_marker
 from .memory import GiB, available_memory, estimate_memory
 from .quantization import BITSANDBYTES_PRECISIONS, PRECISIONS
-from .residency import denoise_calls_per_step, group_bytes, split_denoise_weights
+from .residency import denoise_calls_per_step, split_denoise_weights, streamed_read_bytes
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ def evaluate_precision(config: BagelConfig, precision: str, memory: DeviceMemory
 
 def _streamed_per_step(config: BagelConfig, precision: str, room: int, estimate, device: str) -> int:
     """Bytes of the experts copied per denoising step when ``room`` bytes hold weights (residency plan)."""
-    _, streamed = split_denoise_weights(group_bytes(config, precision), room)
+    _, streamed = split_denoise_weights(streamed_read_bytes(config, precision), room)
     calls = denoise_calls_per_step(estimate.details["cfg_branches"], device, None)
     return sum(streamed.values()) * calls
 

@@ -32,6 +32,9 @@ from .param_inventory import autoencoder_parameter_count, bagel_tensors
 
 GROUPS = ("gen", "und", "text_io", "vit", "vae")
 _TEXT_IO = ("language_model.model.embed_tokens", "language_model.lm_head")
+# Tables looked up row by row where they live (ops.Embedding / PositionTable): a call copies the rows it needs,
+# never the table, so they do not count as streamed whatever their residency.
+_LOOKUP_TABLES = ("latent_pos_embed.", "vit_pos_embed.", "language_model.model.embed_tokens.")
 _GEN_ROOTS = ("time_embedder", "vae2llm", "llm2vae", "latent_pos_embed")
 _VIT_ROOTS = ("vit_model", "connector", "vit_pos_embed")
 
@@ -91,6 +94,18 @@ def group_bytes(config: BagelConfig, precision: str, policy: str = "default") ->
     return sizes
 
 
+def streamed_read_bytes(config: BagelConfig, precision: str, policy: str = "default") -> dict[str, int]:
+    """Bytes of each group that a call reads whole through the cast path when the group is not resident:
+    ``group_bytes`` without the row-lookup tables (the residency plan places those first: they cost nothing
+    where they are)."""
+    sizes = dict.fromkeys(GROUPS, 0)
+    for spec in bagel_tensors(config):
+        if not spec.name.startswith(_LOOKUP_TABLES):
+            sizes[group_of(spec.name)] += tensor_bytes(spec, precision, policy)
+    sizes["vae"] = autoencoder_parameter_count(config.ae) * 4
+    return sizes
+
+
 @dataclass(frozen=True)
 class DenoiseResidency:
     """Estimated residency during denoising for one budget (bytes). ``streamed_per_step`` counts every LM
@@ -128,14 +143,18 @@ def denoise_residency(config: BagelConfig, precision: str, budget_bytes: int, ta
                                _with_alternatives=False)
     working = estimate.kv_cache_bytes + estimate.activation_bytes
     weights_budget = max(0, budget_bytes - max(COMFY_MIN_INFERENCE + COMFY_RESERVE, working + COMFY_RESERVE))
-    resident, streamed = split_denoise_weights(group_bytes(config, precision, policy), weights_budget)
+    sizes, read = group_bytes(config, precision, policy), streamed_read_bytes(config, precision, policy)
+    tables = {group: sizes[group] - read[group] for group in ("gen", "und")}
+    resident, streamed = split_denoise_weights(read, weights_budget - sum(tables.values()))
+    resident = {group: resident[group] + tables[group] for group in resident}
     calls = denoise_calls_per_step(estimate.details["cfg_branches"], device, batch_cfg)
     return DenoiseResidency(precision, task, budget_bytes, working, resident, streamed, calls)
 
 
 def split_denoise_weights(sizes: dict[str, int], weights_room: int) -> tuple[dict, dict]:
-    """(resident, streamed) bytes of the two experts when ``weights_room`` bytes can hold weights during
-    denoising: the gen expert first (every latent row), the und expert what remains."""
+    """(resident, streamed) bytes of the two experts (``sizes``: their streamable bytes) when ``weights_room``
+    bytes can hold weights during denoising: the gen expert first (every latent row), the und expert what
+    remains."""
     resident, streamed = {}, {}
     for group in ("gen", "und"):
         resident[group] = min(sizes[group], max(0, weights_room))
