@@ -79,8 +79,10 @@ class BagelPipeline:
         set_compute_dtype(model, compute_dtype)
         self.runtime = BagelRuntime(model, vae, self.special, compute_dtype, device)
         self.builder = ConditioningBuilder(self.runtime, tokenizer)
-        # Called with a residency.PHASE_GROUPS key before each phase of a call, so a memory manager can make
-        # that phase's weights resident (the ComfyUI nodes ask ComfyUI to load them).
+        self.builder.phase = self._phase
+        # Called with a residency.PHASE_GROUPS key before each phase of a call (each kind of prefill block, text
+        # decoding, denoising, image decoding), so a memory manager can make that phase's weights resident (the
+        # ComfyUI nodes ask ComfyUI to load them). A phase asks only for the groups it computes with.
         self.phase_hook: Callable[[str], None] | None = None
 
     @classmethod
@@ -143,7 +145,6 @@ class BagelPipeline:
         start = time.perf_counter()
         items = self._items(images, prompt, inputs)
         system = VLM_THINK_SYSTEM_PROMPT if think else None
-        self._enter_prefill(items)
         cond = self.builder.build(items, system, use_vae=False, generator=None)
         ids = self._decode(cond, max_new_tokens, do_sample, temperature, seed, callback)
         text = extract_generated_text(self.tokenizer, ids)
@@ -159,7 +160,6 @@ class BagelPipeline:
         the image to edit). ``inputs`` gives an interleaved list of images and texts instead."""
         start = time.perf_counter()
         items = self._items(images, prompt, inputs)
-        self._enter_prefill(items)
         cond = self.builder.build(items, GEN_THINK_SYSTEM_PROMPT, use_vae=True,
                                   generator=torch.Generator("cpu").manual_seed(seed))
         ids = self._decode(cond, max_think_tokens, do_sample, temperature, seed, callback)
@@ -230,9 +230,6 @@ class BagelPipeline:
         if self.phase_hook is not None:
             self.phase_hook(name)
 
-    def _enter_prefill(self, items: list) -> None:
-        self._phase("prefill_images" if any(isinstance(item, Image.Image) for item in items) else "prefill_text")
-
     def _decode(self, cond: Conditioning, max_new_tokens: int, do_sample: bool, temperature: float, seed: int,
                 callback) -> list[int]:
         if max_new_tokens < 1:
@@ -266,7 +263,6 @@ class BagelPipeline:
         # plugging that same text in must give the same image. Only None means "no plan".
         generator = torch.Generator("cpu").manual_seed(seeds[0])
         system = GEN_THINK_SYSTEM_PROMPT if (think or thinking is not None) else None
-        self._enter_prefill(items)
         cond = self.builder.build(items, system, use_vae=True, generator=generator)
         token_ids: list[int] = []
         if think and thinking is None:
@@ -274,10 +270,10 @@ class BagelPipeline:
             token_ids = ids[1:]
             thinking = extract_generated_text(self.tokenizer, ids)
         cfg_img = None
-        self._phase("prefill_text")
         if settings.cfg_text_scale > 1.0 and settings.cfg_img_scale > 1.0:
             cfg_img = self.builder.image_cfg_context(cond)
         if thinking is not None:
+            self._phase("prefill_text")
             self.builder.add_text(cond.gen, thinking)
         width, height = size if size is not None else cond.image_size
         generators = [generator] + [torch.Generator("cpu").manual_seed(seed) for seed in seeds[1:]]

@@ -15,7 +15,12 @@ Columns: ``peak GiB`` torch's peak allocation during the node call (weights incl
 denoising step (understand: per token) from the node's progress reports; ``GB streamed/step`` bytes ComfyUI's
 cast path copied from another device per step (``comfy.model_management.cast_to``); ``load s`` time spent in
 ``load_models_gpu`` for that call; ``build s`` making the random model. A row that fails prints the error
-(an OOM stays an OOM); ``--max-minutes`` (default 7.5) skips what would start after that.
+(an OOM stays an OOM); ``--max-minutes`` (default 7.5) bounds the whole run: every (precision, VRAM mode)
+runs in its own child process (so its model, closures and ``phase_hook`` die with it), which is killed at the
+deadline, and inside a child the progress callback stops a node call that runs past it. ``GB streamed/step``
+counts ComfyUI's cast copies and the NF4/INT8 Linears' own per-call copies. When comfy-aimdo is importable and
+the ComfyUI has ``ModelPatcherDynamic`` (0.33+), every precision also gets Dynamic VRAM rows (``vram`` column
+``dynamic``), enabled as ComfyUI's main.py does.
 
 ``--device cpu --dims small`` runs the same code on the CPU (ComfyUI in --cpu mode: full loads, no budgets;
 "peak" is the process's peak RSS) so the GPU minutes go to measuring. Measured on this repository's 2-core
@@ -28,6 +33,7 @@ import argparse
 import gc
 import importlib
 import importlib.util
+import subprocess
 import sys
 import tarfile
 import tempfile
@@ -39,6 +45,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
+from gpu_check_parts import (Budget, DeadlineReached, Meter, dynamic_vram_available,  # noqa: E402
+                             enable_dynamic_vram)
 GB, GiB = 1e9, 1024 ** 3
 SKIPPED_INPUTS = {"bagel_model", "prompt", "instruction", "question", "image", "width", "height", "seed",
                   "batch_size", "output_size", "max_new_tokens", "do_sample", "temperature", "think"}
@@ -58,13 +66,25 @@ def comfyui_root(path: str) -> Path:
     return mains[0].parent
 
 
-def import_comfy_and_pack(root: Path, device: str):
+def resolve_device(name: str, current_cuda_index=None) -> torch.device:
+    """``cuda`` without an index means the current CUDA device (``set_per_process_memory_fraction`` and the
+    memory statistics need an indexed device)."""
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", (current_cuda_index or torch.cuda.current_device)())
+    return device
+
+
+def import_comfy_and_pack(root: Path, device: str, dynamic_vram: bool = False):
     """ComfyUI's memory manager, then this pack the way ComfyUI imports a custom node folder."""
     sys.path.insert(0, str(root))
     from comfy.cli_args import args
 
     args.cpu = device == "cpu"  # before comfy.model_management is imported, as `main.py --cpu`
-    import comfy.model_management as mm  # noqa: F401
+    import comfy.model_management as mm
+
+    if dynamic_vram and not enable_dynamic_vram(mm):
+        raise RuntimeError("comfy-aimdo is installed but could not initialise the CUDA devices (Dynamic VRAM)")
 
     spec = importlib.util.spec_from_file_location("bagel_mot_pack", REPO / "__init__.py",
                                                   submodule_search_locations=[str(REPO)])
@@ -72,84 +92,6 @@ def import_comfy_and_pack(root: Path, device: str):
     sys.modules["bagel_mot_pack"] = pack
     spec.loader.exec_module(pack)
     return pack
-
-
-class Meter:
-    """Counts what ComfyUI streams and how long it loads; records the progress reports of a node call."""
-
-    def __init__(self, mm, comfy_utils):
-        self.streamed = 0
-        self.load_seconds = 0.0
-        self.events: list[tuple[float, int]] = []
-        real_cast, real_load = mm.cast_to, mm.load_models_gpu
-
-        def counting_cast(weight, dtype=None, device=None, *args, **kwargs):
-            if device is not None and weight.device != torch.device(device):
-                self.streamed += weight.numel() * weight.element_size()
-            return real_cast(weight, dtype, device, *args, **kwargs)
-
-        def timed_load(*args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return real_load(*args, **kwargs)
-            finally:
-                self.load_seconds += time.perf_counter() - start
-
-        mm.cast_to, mm.load_models_gpu = counting_cast, timed_load
-        comfy_utils.set_progress_bar_global_hook(
-            lambda value, total, preview, node_id=None: self.events.append((time.perf_counter(), self.streamed)))
-
-    def reset(self) -> None:
-        self.streamed, self.load_seconds, self.events = 0, 0.0, []
-
-    def per_step(self) -> tuple[float, float]:
-        """(seconds, bytes streamed) per progress step, between the first and the last report."""
-        if len(self.events) < 2:
-            return float("nan"), float("nan")
-        (t0, b0), (t1, b1) = self.events[0], self.events[-1]
-        steps = len(self.events) - 1
-        return (t1 - t0) / steps, (b1 - b0) / steps
-
-
-class Budget:
-    """Caps the CUDA allocator at ``gib`` and shows ComfyUI a card of that size (total and free memory)."""
-
-    def __init__(self, mm, device: torch.device, gib: float | None):
-        self.mm, self.device, self.gib = mm, device, gib
-        self.saved = (mm.get_total_memory, mm.get_free_memory)
-
-    def __enter__(self):
-        mm, device = self.mm, self.device
-        mm.unload_all_models()
-        mm.soft_empty_cache()
-        if self.gib is None or device.type != "cuda":
-            return self
-        limit = int(self.gib * GiB)
-        total = torch.cuda.get_device_properties(device).total_memory
-        torch.cuda.set_per_process_memory_fraction(min(1.0, limit / total), device)
-        real_total, real_free = self.saved
-
-        def total_memory(dev=None, torch_total_too=False):
-            if dev is not None and torch.device(dev).type != "cuda":
-                return real_total(dev, torch_total_too)
-            return (limit, limit) if torch_total_too else limit
-
-        def free_memory(dev=None, torch_free_too=False):
-            if dev is not None and torch.device(dev).type != "cuda":
-                return real_free(dev, torch_free_too)
-            torch_free = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-            free = max(0, limit - torch.cuda.memory_reserved(device)) + torch_free
-            return (free, torch_free) if torch_free_too else free
-
-        mm.get_total_memory, mm.get_free_memory = total_memory, free_memory
-        return self
-
-    def __exit__(self, *exc):
-        self.mm.get_total_memory, self.mm.get_free_memory = self.saved
-        self.mm.unload_all_models()
-        self.mm.soft_empty_cache()
-        if self.device.type == "cuda":
-            torch.cuda.set_per_process_memory_fraction(1.0, self.device)
 
 
 def node_defaults(node_class, **overrides) -> dict:
@@ -226,42 +168,45 @@ def print_row(cells) -> None:
     print(" | ".join(str(c) for c in cells), flush=True)
 
 
-def check_precision(pack, mm, meter, folder: Path, precision: str, args, deadline: float) -> None:
-    device = torch.device(args.device)
-    store = torch.device("cpu")
+def check_precision(pack, mm, meter, folder: Path, precision: str, args, label_vram: str) -> None:
+    """The rows of one precision (all budgets x modes) in this process; ``meter.deadline`` bounds them."""
+    device, store = resolve_device(args.device), torch.device("cpu")
     if precision in ("nf4", "int8") and importlib.util.find_spec("bitsandbytes") is None:
-        print_row([precision, "-", "-", "skipped: bitsandbytes is not installed (carry its wheel)"])
+        print_row([precision, label_vram, "-", "-", "skipped: bitsandbytes is not installed (carry its wheel)"])
         return
     try:
         handle, build_s = make_handle(pack, folder, precision, device, store, args.seed)
     except (RuntimeError, MemoryError, ValueError) as exc:
-        print_row([precision, "-", "build", f"FAILED: {type(exc).__name__}: {str(exc)[:300]}"])
+        print_row([precision, label_vram, "-", "build", f"FAILED: {type(exc).__name__}: {str(exc)[:300]}"])
         return
     budgets = args.budgets if device.type == "cuda" else [None]
     for gib in budgets:
         with Budget(mm, device, gib):
             for mode, call in run_modes(pack, handle, args):
                 label = f"{gib:g} GB" if gib is not None else "host"
-                if time.monotonic() > deadline:
-                    print_row([precision, label, mode, "skipped: --max-minutes reached"])
+                if time.time() > meter.deadline:
+                    print_row([precision, label_vram, label, mode, "skipped: --max-minutes reached"])
                     continue
                 try:
                     row = measure(call, meter, device)
-                except (RuntimeError, MemoryError, ValueError) as exc:  # an OOM is reported as one
-                    print_row([precision, label, mode, f"FAILED: {type(exc).__name__}: {str(exc)[:300]}"])
+                except DeadlineReached:
+                    print_row([precision, label_vram, label, mode, "stopped: --max-minutes reached"])
                     continue
-                print_row([precision, label, mode, f"{row['peak']:.2f}", f"{row['s_per_step']:.3f}",
+                except (RuntimeError, MemoryError, ValueError) as exc:  # an OOM is reported as one
+                    print_row([precision, label_vram, label, mode, f"FAILED: {type(exc).__name__}: {str(exc)[:300]}"])
+                    continue
+                print_row([precision, label_vram, label, mode, f"{row['peak']:.2f}", f"{row['s_per_step']:.3f}",
                            f"{row['streamed']:.2f}", f"{row['load_s']:.2f}", f"{build_s:.1f}", "ok"])
     del handle
     mm.unload_all_models()
-    gc.collect()  # the model of this precision must be gone before the next one is built
+    gc.collect()
     mm.soft_empty_cache()
 
 
-def main() -> None:
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--comfyui", required=True, help="ComfyUI source folder or its .tar.gz")
-    parser.add_argument("--device", default="cuda", help="cuda[:N] or cpu")
+    parser.add_argument("--device", default="cuda", help="cuda[:N] or cpu (cuda: the current CUDA device)")
     parser.add_argument("--dims", default="real", choices=["real", "small", "tiny"])
     parser.add_argument("--precisions", default="bf16,fp8_e4m3fn,int8,nf4")
     parser.add_argument("--budgets", default="12,16,24", help="GB (GiB) budgets, CUDA only")
@@ -269,28 +214,113 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=8)
     parser.add_argument("--size", type=int, default=None, help="image side (default 1024 on CUDA, 256 on CPU)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-minutes", type=float, default=7.5)
-    args = parser.parse_args()
-    deadline = time.monotonic() + 60 * args.max_minutes
+    parser.add_argument("--max-minutes", type=float, default=7.5, help="the whole run, every step included")
+    parser.add_argument("--vram", default="auto", choices=["auto", "legacy", "dynamic"],
+                        help="auto: legacy rows, plus Dynamic VRAM rows when comfy-aimdo is present")
+    parser.add_argument("--child-deadline", type=float, default=None, help=argparse.SUPPRESS)  # epoch seconds
+    args = parser.parse_args(argv)
+    if args.max_minutes <= 0:
+        parser.error("--max-minutes must be > 0")
     args.budgets = [float(b) for b in args.budgets.split(",") if b]
+    if any(b <= 0 for b in args.budgets):
+        parser.error("--budgets must be positive GiB values")
     args.size = args.size or (1024 if args.device.startswith("cuda") else 256)
-    root = comfyui_root(args.comfyui)
-    pack = import_comfy_and_pack(root, "cpu" if args.device == "cpu" else "cuda")
+    return args
+
+
+def plan_jobs(args, root: Path) -> list[tuple[str, str]]:
+    """(precision, vram mode) pairs, each run in its own child process."""
+    if args.vram == "auto":
+        modes = ["legacy"] + (["dynamic"] if args.device != "cpu" and dynamic_vram_available(root) else [])
+    else:
+        modes = [args.vram]
+    return [(precision, mode) for precision in args.precisions.split(",") if precision for mode in modes]
+
+
+MIN_JOB_SECONDS = 20  # a child started with less than this left could not even import torch and ComfyUI
+
+
+def run_jobs(jobs, deadline: float, spawn, clock=time.time) -> list[tuple[str, str, str]]:
+    """Runs ``spawn(precision, mode, deadline)`` (a Popen) per job, each killed when the deadline passes;
+    returns (precision, mode, outcome) with outcome ok / killed / skipped / exit N."""
+    outcomes = []
+    for precision, mode in jobs:
+        left = deadline - clock()
+        if left < MIN_JOB_SECONDS:
+            print_row([precision, mode, "-", "-", "skipped: --max-minutes reached"])
+            outcomes.append((precision, mode, "skipped"))
+            continue
+        child = spawn(precision, mode, deadline)
+        try:
+            code = child.wait(timeout=left)
+            outcomes.append((precision, mode, "ok" if code == 0 else f"exit {code}"))
+            if code != 0:
+                print_row([precision, mode, "-", "-", f"FAILED: child exited with {code}"])
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+            print_row([precision, mode, "-", "-", "killed: --max-minutes reached (rows above are complete)"])
+            outcomes.append((precision, mode, "killed"))
+    return outcomes
+
+
+def child_main(args, root: Path, folder: Path) -> None:
+    """One (precision, VRAM mode): build, run every row, exit (the process takes its memory with it)."""
+    dynamic = args.vram == "dynamic"
+    pack = import_comfy_and_pack(root, "cpu" if args.device == "cpu" else "cuda", dynamic)
     import comfy.model_management as mm
     import comfy.utils
+    from bagel_model.checkpoint import quantization
 
+    meter = Meter(mm, comfy.utils, args.child_deadline, quantization)
+    check_precision(pack, mm, meter, folder, args.precisions, args, args.vram)
+
+
+def spawner(argv: list[str], root: Path, folder: Path):
+    def spawn(precision: str, mode: str, deadline: float):
+        command = [sys.executable, str(Path(__file__).resolve()), *argv, "--comfyui", str(root),
+                   "--precisions", precision, "--vram", mode, "--child-deadline", str(deadline),
+                   "--child-folder", str(folder)]
+        return subprocess.Popen(command)
+    return spawn
+
+
+def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    child_folder = None
+    if "--child-folder" in argv:  # internal: the parent's test folder
+        index = argv.index("--child-folder")
+        child_folder, argv = Path(argv[index + 1]), argv[:index] + argv[index + 2:]
+    args = parse_args(argv)
+    root = comfyui_root(args.comfyui)
+    if args.child_deadline is not None:
+        child_main(args, root, child_folder)
+        return
+    deadline = time.time() + 60 * args.max_minutes
     from bagel_model.testing import write_test_folder
 
     folder, _ = write_test_folder(Path(tempfile.mkdtemp()) / f"BAGEL-random-{args.dims}", args.dims,
                                   root / "comfy" / "text_encoders" / "qwen25_tokenizer")
-    meter = Meter(mm, comfy.utils)
-    name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "CPU"
+    name = torch.cuda.get_device_name(resolve_device(args.device)) if args.device.startswith("cuda") else "CPU"
     print(f"gpu_check: {name}, torch {torch.__version__}, ComfyUI {root}, dims {args.dims}, {args.size}², "
-          f"{args.steps} steps, {args.tokens} tokens; random weights (timings and memory, not quality)")
-    print_row(["precision", "budget", "mode", "peak GiB", "s/step", "GB streamed/step", "load s", "build s",
-               "status"])
-    for precision in args.precisions.split(","):
-        check_precision(pack, mm, meter, folder, precision, args, deadline)
+          f"{args.steps} steps, {args.tokens} tokens; random weights (timings and memory, not quality)", flush=True)
+    print_row(["precision", "vram", "budget", "mode", "peak GiB", "s/step", "GB streamed/step", "load s",
+               "build s", "status"])
+    passthrough = _without_options(argv, ("--comfyui", "--precisions", "--vram"))
+    run_jobs(plan_jobs(args, root), deadline, spawner(passthrough, root, folder))
+
+
+def _without_options(argv: list[str], names: tuple[str, ...]) -> list[str]:
+    """``argv`` without the given ``--name value`` / ``--name=value`` options."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in names:
+            skip = True
+        elif not arg.startswith(tuple(n + "=" for n in names)):
+            out.append(arg)
+    return out
 
 
 if __name__ == "__main__":

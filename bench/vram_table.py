@@ -7,7 +7,8 @@ Nothing is measured here (bench/gpu_check.py measures). From the configs of the 
 * T2I / edit: ``bagel_model.checkpoint.residency.denoise_residency`` (the phase-aware plan of the ComfyUI nodes: during
   denoising the gen expert is made resident first, the und expert gets what is left, ViT and autoencoder are
   offloaded; ComfyUI keeps the call's working memory and its reserve free);
-* understand: the decoding phase uses only the und expert (+ embeddings, ``lm_head``), streamed per token;
+* understand: the decoding phase uses only the und expert and ``lm_head`` (the token table is looked up row by
+  row where it lives), streamed per token;
 * a card of N GiB shows ComfyUI about N - 0.4 GiB;
 * "targets": at least half of the phase's weights stay resident (the limit of the ``auto`` rule).
 """
@@ -50,7 +51,8 @@ def understand_cell(config, precision: str, card: int) -> tuple[str, bool]:
     room = budget_bytes(card) - max(COMFY_MIN_INFERENCE + COMFY_RESERVE, working + COMFY_RESERVE)
     if room <= 0:
         return "working memory does not fit", False
-    und = group_bytes(config, precision)["und"]
+    sizes = group_bytes(config, precision)
+    und = sizes["und"] + sizes["text_io"]
     resident = min(und, room)
     return f"{resident / GiB:.1f} / {(und - resident) / GiB:.1f}", und - resident <= MAX_STREAMED_FRACTION * und
 

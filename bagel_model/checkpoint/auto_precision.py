@@ -10,10 +10,13 @@ The rule (a pure function of the configs and the device's memory numbers, so tes
    inference memory).
    * ``W <= R``: the precision fits entirely: take it.
    * else, when a memory manager streams weights (``streaming``) and the precision's layers are streamable,
-     the ``W - R`` bytes that do not fit are copied to the device on every forward call (once per denoising
-     step with the CFG branches batched). That is *acceptable* when at least half of the weights stay resident
-     (``W - R <= W / 2``, ``MAX_STREAMED_FRACTION``) and the host can hold the streamed part
-     (``host_available``, when given): take it.
+     the part of the two experts that does not fit in ``R`` during denoising (gen expert resident first, then
+     und; ViT, autoencoder and the text I/O are evicted) is copied to the device once per LM call, i.e. once
+     per denoising step with the CFG branches batched: ``S``, the streamed bytes per step of the residency plan
+     (``residency.split_denoise_weights``, the same numbers as the residency table and the README VRAM table).
+     That is *acceptable* when at least half of the weights stay resident (``W - R <= W / 2``,
+     ``MAX_STREAMED_FRACTION``) and the host can hold the streamed part (``host_available``, when given): take
+     it. (``S <= W - R``: the evicted ViT/autoencoder/text I/O are not read while denoising.)
    * else try the next candidate.
 3. When no candidate qualifies, the smallest one (``nf4``) is returned with that reason: streaming more than
    half of it when it is streamable and some room is left (slow, but it runs), else as it is, and the loader's
@@ -39,6 +42,7 @@ from ..config import BagelConfig
 from .folder import read_config, read_marker
 from .memory import GiB, available_memory, estimate_memory
 from .quantization import BITSANDBYTES_PRECISIONS, PRECISIONS
+from .residency import denoise_calls_per_step, split_denoise_weights, streamed_read_bytes
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +72,7 @@ class PrecisionOption:
     weights_bytes: int
     working_bytes: int
     resident_room_bytes: int
-    streamed_bytes: int  # per forward call; 0 when the weights fit entirely
+    streamed_bytes: int  # per denoising step (residency plan); 0 when the weights fit entirely
     verdict: str  # "fits", "streams", or why it was rejected
 
     @property
@@ -102,21 +106,29 @@ def evaluate_precision(config: BagelConfig, precision: str, memory: DeviceMemory
     weights = estimate.weights_bytes
     working = estimate.kv_cache_bytes + estimate.activation_bytes
     room = memory.total_bytes - memory.reserved_bytes - working
-    streamed = max(0, weights - max(room, 0))
-    if streamed == 0:
+    streamed = 0 if weights <= room else _streamed_per_step(config, precision, room, estimate, device)
+    if weights <= room:
         verdict = "fits"
     elif not memory.streaming:
         verdict = "does not fit (no streaming on this device)"
     elif precision not in streamable:
         verdict = "does not fit and its layers cannot be streamed here"
-    elif streamed > MAX_STREAMED_FRACTION * weights:
-        verdict = f"would stream {streamed / weights:.0%} of its weights per step (limit {MAX_STREAMED_FRACTION:.0%})"
-    elif memory.host_available_bytes is not None and streamed > memory.host_available_bytes:
-        verdict = (f"the streamed {streamed / GiB:.2f} GiB exceed the host's "
+    elif weights - room > MAX_STREAMED_FRACTION * weights:
+        verdict = (f"would keep only {max(room, 0) / weights:.0%} of its weights resident and stream "
+                   f"{streamed / GiB:.2f} GiB per step (at least {1 - MAX_STREAMED_FRACTION:.0%} must stay resident)")
+    elif memory.host_available_bytes is not None and weights - room > memory.host_available_bytes:
+        verdict = (f"the {(weights - room) / GiB:.2f} GiB kept on the host exceed the host's "
                    f"{memory.host_available_bytes / GiB:.2f} GiB available")
     else:
         verdict = "streams"
     return PrecisionOption(precision, weights, working, room, streamed, verdict)
+
+
+def _streamed_per_step(config: BagelConfig, precision: str, room: int, estimate, device: str) -> int:
+    """Bytes of the experts copied per denoising step when ``room`` bytes hold weights (residency plan)."""
+    _, streamed = split_denoise_weights(streamed_read_bytes(config, precision), room)
+    calls = denoise_calls_per_step(estimate.details["cfg_branches"], device, None)
+    return sum(streamed.values()) * calls
 
 
 def choose_precision(config: BagelConfig, memory: DeviceMemory, *, device: str = "cuda",
@@ -138,7 +150,7 @@ def choose_precision(config: BagelConfig, memory: DeviceMemory, *, device: str =
                    f"{option.streamed_bytes / GiB:.2f} GiB of {option.weights_bytes / GiB:.2f} GiB streamed per step")
             return PrecisionChoice(option.precision, f"{how} ({budget})", options, option.verdict == "streams")
     smallest = min(options, key=lambda o: o.weights_bytes)
-    over_limit = smallest.verdict.startswith("would stream") and smallest.resident_room_bytes > 0
+    over_limit = smallest.verdict.startswith("would keep only") and smallest.resident_room_bytes > 0
     how = (f"streaming {smallest.streamed_bytes / GiB:.2f} GiB per step, over the limit: slow" if over_limit
            else "it may not fit")
     return PrecisionChoice(smallest.precision, f"no precision fits with acceptable streaming ({budget}); "

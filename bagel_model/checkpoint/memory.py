@@ -2,8 +2,11 @@
 
 Weights are exact byte counts of what the loader keeps resident (checked against measured bytes in
 tests/quant). KV cache and activations are estimates of the peak of one call, built from the sequence lengths
-the task produces (spec §3.6, §6, §9) and the dtypes the runtime uses; they assume attention kernels that do
-not materialise the score matrix (PyTorch SDPA flash / memory-efficient paths on CUDA and CPU).
+the task produces (spec §3.6, §6, §9) and the dtypes the runtime uses. They cover the transient peaks too: a
+growing KV cache (every layer's buffer with its growth room plus one layer's old buffer while it grows,
+``kv_cache.peak_tokens``), one query block of fp32 attention scores (what SDPA's math fallback materialises;
+``attention.SCORE_BLOCK_BYTES`` bounds it on every device), and the LM prefill of an input image's ViT and VAE
+blocks (~4.9 k and ~4.1 k tokens at 1024²), the largest LM call of understanding and editing.
 """
 from __future__ import annotations
 
@@ -17,6 +20,8 @@ import torch
 from ..config import BagelConfig
 from ..devices import resolve_batch_cfg
 from ..errors import BagelError, BagelInputError
+from ..model.attention import SCORE_BLOCK_BYTES
+from ..model.kv_cache import peak_tokens
 from .param_inventory import TensorSpec, autoencoder_parameter_count, bagel_tensors
 from .quantization import NF4_BLOCKSIZE, PRECISIONS, QUANTIZED_PRECISIONS, check_precision, should_quantize
 
@@ -133,7 +138,7 @@ def _context_tokens(config: BagelConfig, task: str, width: int, height: int, inp
         if task == "edit":
             width, height = vae_w, vae_h
     else:
-        images = 0
+        images = vae_block = vit_block = 0
     query = (width // ds) * (height // ds) + 2
     if task == "t2i":
         contexts = {"gen": prompt + generated_tokens, "cfg_text": 0, "cfg_img": prompt}
@@ -142,7 +147,8 @@ def _context_tokens(config: BagelConfig, task: str, width: int, height: int, inp
     else:  # understand / think: one context, decoding appends to a throw-away copy
         contexts = {"context": images + prompt, "decode_copy": images + prompt + generated_tokens}
         query = 0
-    return {"contexts": contexts, "query_tokens": query, "image_size": (width, height)}
+    return {"contexts": contexts, "query_tokens": query, "image_size": (width, height),
+            "image_blocks": (vae_block, vit_block), "image_tokens": images, "prompt_tokens": prompt}
 
 
 # Live tensors counted below explain 248 MB of the 288 MB that 1024² T2I denoising (2 batched CFG branches)
@@ -170,6 +176,17 @@ def _lm_forward_bytes(config: BagelConfig, query: int, keys: int, b: int) -> int
     merged_kv = 2 * keys * kv * d * b + 2 * keys * heads * d * b  # merged cache + GQA-repeated K/V for SDPA
     mlp = 3 * query * inter * b  # gate, up, silu(gate)*up
     return int(_LM_OVERHEAD * (residual + qkv + merged_kv + mlp))
+
+
+def _score_bytes(config: BagelConfig, query: int, keys: int) -> int:
+    """fp32 scores and softmax of one query block (the branches of a batched call attend one after the other)."""
+    return int(_LM_OVERHEAD * 2 * min(4 * config.llm.num_attention_heads * query * keys, SCORE_BLOCK_BYTES))
+
+
+def _kv_cache_peak(contexts: dict, num_layers: int, kv_per_token: int) -> int:
+    """Peak bytes of the caches of ``contexts`` (tokens each) while they grow (``kv_cache.peak_tokens``)."""
+    per_layer_token = kv_per_token / num_layers
+    return int(per_layer_token * sum(peak_tokens(n, num_layers) for n in contexts.values() if n))
 
 
 # Peak of one FLUX autoencoder call, in full-resolution fp32 feature maps of the first level's width
@@ -215,16 +232,20 @@ def estimate_memory(config: BagelConfig, precision: str, task: str = "t2i", widt
     tokens = _context_tokens(config, task, width, height, input_size, prompt_tokens, generated_tokens)
     llm = config.llm
     kv_per_token = 2 * llm.num_hidden_layers * llm.num_key_value_heads * llm.head_dim * b
-    kv_bytes = kv_per_token * sum(tokens["contexts"].values())
+    kv_bytes = _kv_cache_peak(tokens["contexts"], llm.num_hidden_layers, kv_per_token)
     largest_context = max(tokens["contexts"].values())
     query = tokens["query_tokens"] or 1
     batch_cfg = resolve_batch_cfg(batch_cfg, "cuda" if str(device).startswith("cuda") else "cpu")
     branches = (cfg_branches or _DEFAULT_CFG_BRANCHES[task]) if batch_cfg else 1
     lm_peak = (branches * _lm_forward_bytes(config, query, largest_context + query, b)
-               + _weight_copy_bytes(config, precision, b))
+               + _score_bytes(config, query, largest_context + query) + _weight_copy_bytes(config, precision, b))
     logits = llm.vocab_size * 4 * max(1, query if task in ("understand", "think") else 1)
     w, h = tokens["image_size"]
     peaks = {"lm_layer": lm_peak + logits}
+    if any(tokens["image_blocks"]):  # the LM call over an input image's largest block (ViT or VAE tokens)
+        block, keys = max(tokens["image_blocks"]), tokens["image_tokens"] + tokens["prompt_tokens"]
+        peaks["lm_image_prefill"] = (_lm_forward_bytes(config, block, keys, b) + _score_bytes(config, block, keys)
+                                     + _weight_copy_bytes(config, precision, b))
     if task in ("t2i", "edit"):
         banded = str(device).startswith("cuda")  # BagelPipeline.decode_latent's default
         peaks["autoencoder_decode"] = (

@@ -32,7 +32,15 @@ log = logging.getLogger(__name__)
 PRECISIONS = ("bf16", "fp16", "fp32", "nf4", "int8", "fp8_e4m3fn")
 QUANTIZED_PRECISIONS = ("nf4", "int8", "fp8_e4m3fn")  # the policy's Linears are stored in a smaller format
 BITSANDBYTES_PRECISIONS = ("nf4", "int8")
-MIN_BITSANDBYTES = (0, 48, 0)  # first release whose NF4 and INT8 Linears both run on the CPU backend
+# 0.48 is the first release whose NF4 and INT8 Linears both run on the CPU backend, but 0.48.x and 0.49.x read
+# the NF4 weight in the wrong orientation there (relative error ~1.5 on a square layer, a shape error on the
+# others; measured with 0.49.2 on the CPU). 0.50.0 and 0.50.2 are right (measured).
+MIN_BITSANDBYTES = (0, 50, 0)
+# The load probe: a non-square Linear (a square one hides a transposed weight) and the largest relative error
+# of its output against the full-precision product that a correct build stays under (measured on the CPU:
+# NF4 0.086-0.090, INT8 0.009 for Gaussian weights; a transposed NF4 weight gives ~1.5).
+PROBE_SHAPE = (48, 128)
+PROBE_MAX_ERROR = {"nf4": 0.25, "int8": 0.05}
 NF4_BLOCKSIZE = 64
 INT8_OUTLIER_THRESHOLD = 6.0
 
@@ -120,12 +128,13 @@ def import_bitsandbytes(precision: str):
     except ImportError as exc:
         raise BagelInputError(
             f"precision={precision!r} needs the bitsandbytes package, which is not installed: run "
-            f"`pip install bitsandbytes>=0.48` (tested with 0.50.2), or use precision='bf16'/'fp16'.") from exc
+            f"`pip install bitsandbytes>=0.50` (tested with 0.50.0 and 0.50.2), or use precision='bf16'/'fp16'.") \
+            from exc
     version = tuple(int(p) for p in re.findall(r"\d+", bitsandbytes.__version__)[:3])
     if version < MIN_BITSANDBYTES:
         raise BagelInputError(
-            f"precision={precision!r} needs bitsandbytes >= 0.48 (NF4 and INT8 on every device); "
-            f"{bitsandbytes.__version__} is installed: run `pip install -U bitsandbytes`.")
+            f"precision={precision!r} needs bitsandbytes >= 0.50 (0.48/0.49 compute NF4 Linears with a wrongly "
+            f"oriented weight); {bitsandbytes.__version__} is installed: run `pip install -U 'bitsandbytes>=0.50'`.")
     return bitsandbytes
 
 
@@ -329,22 +338,35 @@ def linear_factory(precision: str, compute_dtype: torch.dtype, policy: str = "de
 
 
 def probe_device(precision: str, device: torch.device | str, compute_dtype: torch.dtype) -> None:
-    """Quantizes and runs a 64x64 Linear on ``device`` so an unsupported setup fails before the big read."""
+    """Quantizes and runs a small non-square Linear on ``device`` and checks its output against the full-precision
+    product, so an unsupported setup or a wrong bitsandbytes build fails before the big read."""
     if precision not in BITSANDBYTES_PRECISIONS:
         return
-    weight = torch.linspace(-1, 1, 64 * 64, dtype=torch.bfloat16).reshape(64, 64)
+    out_features, in_features = PROBE_SHAPE
+    weight = torch.randn(PROBE_SHAPE, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    x = torch.randn(3, in_features, generator=torch.Generator().manual_seed(1))
     module = make_quantized_linear("probe", weight, None, precision, device, compute_dtype)
+    version = getattr(_linear_classes()[0], "__version__", "?")
     try:
         with torch.no_grad():
-            out = module(torch.ones(2, 64, device=device, dtype=compute_dtype))
+            out = module(x.to(device, compute_dtype))
     except RuntimeError as exc:  # includes "not implemented for this device" errors (a subclass)
         if isinstance(exc, torch.OutOfMemoryError):  # out of memory, not a bitsandbytes problem: keep it
             raise
         raise BagelInputError(
-            f"The installed bitsandbytes cannot run {precision} Linears on {device} with compute dtype "
-            f"{compute_dtype} ({exc}). Install a bitsandbytes build for this device (`pip install -U "
-            f"bitsandbytes`), pick another compute dtype, or use precision='bf16'.") from exc
-    if out.dtype != compute_dtype or not torch.isfinite(out).all():
+            f"The installed bitsandbytes {version} cannot run a {out_features}x{in_features} {precision} Linear on "
+            f"{device} with compute dtype {compute_dtype} ({exc}). Install a bitsandbytes build for this device "
+            f"(`pip install -U 'bitsandbytes>=0.50'`), pick another compute dtype, or use precision='bf16'.") \
+            from exc
+    if out.dtype != compute_dtype or out.shape != (3, out_features) or not torch.isfinite(out).all():
         raise BagelInputError(
-            f"bitsandbytes {precision} on {device} returned {out.dtype} / non-finite values for a test "
-            f"Linear; use precision='bf16' or update bitsandbytes.")
+            f"bitsandbytes {version} {precision} on {device} returned {out.dtype} {tuple(out.shape)} / non-finite "
+            f"values for a test Linear; use precision='bf16' or update bitsandbytes (>= 0.50).")
+    reference = x @ weight.float().T
+    error = float((out.float().cpu() - reference).norm() / reference.norm())
+    if error > PROBE_MAX_ERROR[precision]:
+        raise BagelInputError(
+            f"bitsandbytes {version} computes wrong {precision} results on {device}: relative error {error:.2f} "
+            f"on a {out_features}x{in_features} test Linear (a correct build stays under "
+            f"{PROBE_MAX_ERROR[precision]}; 0.48/0.49 read NF4 weights transposed). Install "
+            f"`pip install -U 'bitsandbytes>=0.50'` or use precision='bf16'/'fp8_e4m3fn'.")

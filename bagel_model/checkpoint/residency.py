@@ -1,15 +1,19 @@
 """Which weights each phase of a BAGEL call uses, and what stays resident on a device of a given size.
 
-BAGEL's weights fall into four groups by who computes with them:
+BAGEL's weights fall into five groups by who computes with them:
 
 * ``gen``: the generation expert of every decoder layer (``*_moe_gen``) and the latent I/O (``vae2llm``,
   ``llm2vae``, ``time_embedder``, ``latent_pos_embed``);
-* ``und``: the understanding expert (the original Qwen2 weights), ``embed_tokens`` and ``lm_head``;
+* ``und``: the understanding expert of every decoder layer (the original Qwen2 weights and norms);
+* ``text_io``: ``embed_tokens`` and ``lm_head`` (the token table is looked up row by row where it lives, so
+  only ``lm_head``, read once per decoded token, needs to be resident; a denoising step reads neither);
 * ``vit``: SigLIP, the connector and ``vit_pos_embed``;
 * ``vae``: the autoencoder.
 
 A denoising forward sends every latent token through ``gen`` and only the two image-marker tokens of each CFG
-branch through ``und`` (spec §3.3); text prefill and decoding use only ``und``. So a memory manager that cannot
+branch through ``und`` (spec §3.3), all marker rows of one LM call in one und-expert call, so a streamed und
+expert is copied once per LM call (``qwen2_mot.per_expert``); text prefill uses only ``und``, decoding ``und``
+and ``lm_head``. So a memory manager that cannot
 hold everything should keep the phase's working group resident and stream the other: ``PHASE_GROUPS`` names
 the groups each phase asks for, ``weight_groups`` gives the layers of each group, and ``denoise_residency``
 estimates, for a device budget, what is resident and what is streamed per denoising step.
@@ -26,16 +30,25 @@ from ..devices import resolve_batch_cfg
 from .memory import GiB, estimate_memory, tensor_bytes
 from .param_inventory import autoencoder_parameter_count, bagel_tensors
 
-GROUPS = ("gen", "und", "vit", "vae")
+GROUPS = ("gen", "und", "text_io", "vit", "vae")
+_TEXT_IO = ("language_model.model.embed_tokens", "language_model.lm_head")
+# Tables looked up row by row where they live (ops.Embedding / PositionTable): a call copies the rows it needs,
+# never the table, so they do not count as streamed whatever their residency.
+_LOOKUP_TABLES = ("latent_pos_embed.", "vit_pos_embed.", "language_model.model.embed_tokens.")
 _GEN_ROOTS = ("time_embedder", "vae2llm", "llm2vae", "latent_pos_embed")
 _VIT_ROOTS = ("vit_model", "connector", "vit_pos_embed")
 
-# Phase -> groups it computes with, in the order they should become resident. "denoise" lists only the gen
-# expert: the und expert works there on a handful of marker rows and is streamed if it is not resident.
+# Phase -> groups it computes with, in the order they should become resident. Each phase asks only for what
+# its LM/encoder calls read: a ViT image block uses SigLIP + the und expert; a VAE image block (edit, and think
+# with an input image, whose official context holds the VAE tokens) encodes with the autoencoder and sends its
+# latent tokens through the gen expert (its two marker rows use the und expert, streamed if not resident).
+# "denoise" lists only the gen expert: the und expert works there on a handful of marker rows and is streamed
+# if it is not resident. Understanding, and think without an input image, never ask for gen or vae.
 PHASE_GROUPS = {
     "prefill_text": ("und",),
-    "prefill_images": ("und", "vit", "gen", "vae"),
-    "decode_text": ("und",),
+    "prefill_vit": ("und", "vit"),
+    "prefill_vae": ("gen", "vae"),
+    "decode_text": ("und", "text_io"),
     "denoise": ("gen",),
     "decode_image": ("vae",),
 }
@@ -50,6 +63,8 @@ def group_of(name: str) -> str:
     """The group of a ``Bagel`` tensor or layer by its qualified name (autoencoder names are not Bagel's)."""
     root = name.split(".", 1)[0]
     if root == "language_model":
+        if any(name == io or name.startswith(io + ".") for io in _TEXT_IO):
+            return "text_io"
         return "gen" if "_moe_gen" in name else "und"
     if root in _GEN_ROOTS:
         return "gen"
@@ -79,10 +94,23 @@ def group_bytes(config: BagelConfig, precision: str, policy: str = "default") ->
     return sizes
 
 
+def streamed_read_bytes(config: BagelConfig, precision: str, policy: str = "default") -> dict[str, int]:
+    """Bytes of each group that a call reads whole through the cast path when the group is not resident:
+    ``group_bytes`` without the row-lookup tables (the residency plan places those first: they cost nothing
+    where they are)."""
+    sizes = dict.fromkeys(GROUPS, 0)
+    for spec in bagel_tensors(config):
+        if not spec.name.startswith(_LOOKUP_TABLES):
+            sizes[group_of(spec.name)] += tensor_bytes(spec, precision, policy)
+    sizes["vae"] = autoencoder_parameter_count(config.ae) * 4
+    return sizes
+
+
 @dataclass(frozen=True)
 class DenoiseResidency:
     """Estimated residency during denoising for one budget (bytes). ``streamed_per_step`` counts every LM
-    call of a step (one with batched CFG, one per branch otherwise)."""
+    call of a step (one with batched CFG, one per branch otherwise): each call reads every streamed gen/und
+    layer once (the bytes tests/speed/test_expert_passes.py measures through the cast path)."""
 
     precision: str
     task: str
@@ -115,15 +143,29 @@ def denoise_residency(config: BagelConfig, precision: str, budget_bytes: int, ta
                                _with_alternatives=False)
     working = estimate.kv_cache_bytes + estimate.activation_bytes
     weights_budget = max(0, budget_bytes - max(COMFY_MIN_INFERENCE + COMFY_RESERVE, working + COMFY_RESERVE))
-    sizes = group_bytes(config, precision, policy)
+    sizes, read = group_bytes(config, precision, policy), streamed_read_bytes(config, precision, policy)
+    tables = {group: sizes[group] - read[group] for group in ("gen", "und")}
+    resident, streamed = split_denoise_weights(read, weights_budget - sum(tables.values()))
+    resident = {group: resident[group] + tables[group] for group in resident}
+    calls = denoise_calls_per_step(estimate.details["cfg_branches"], device, batch_cfg)
+    return DenoiseResidency(precision, task, budget_bytes, working, resident, streamed, calls)
+
+
+def split_denoise_weights(sizes: dict[str, int], weights_room: int) -> tuple[dict, dict]:
+    """(resident, streamed) bytes of the two experts (``sizes``: their streamable bytes) when ``weights_room``
+    bytes can hold weights during denoising: the gen expert first (every latent row), the und expert what
+    remains."""
     resident, streamed = {}, {}
     for group in ("gen", "und"):
-        resident[group] = min(sizes[group], weights_budget)
+        resident[group] = min(sizes[group], max(0, weights_room))
         streamed[group] = sizes[group] - resident[group]
-        weights_budget -= resident[group]
-    branches = estimate.details["cfg_branches"]
-    calls = 1 if resolve_batch_cfg(batch_cfg, "cuda" if device.startswith("cuda") else "cpu") else branches
-    return DenoiseResidency(precision, task, budget_bytes, working, resident, streamed, calls)
+        weights_room -= resident[group]
+    return resident, streamed
+
+
+def denoise_calls_per_step(branches: int, device: str, batch_cfg: bool | None) -> int:
+    """LM calls per denoising step with ``branches`` CFG branches (1 with batched CFG)."""
+    return 1 if resolve_batch_cfg(batch_cfg, "cuda" if device.startswith("cuda") else "cpu") else branches
 
 
 def residency_table(config: BagelConfig, precisions, budgets_gib=(8, 12, 16, 24), tasks=("t2i", "edit"),

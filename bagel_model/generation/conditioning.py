@@ -8,6 +8,7 @@ image sits between texts and image guidance is actually used.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from PIL import Image
@@ -33,6 +34,9 @@ class ConditioningBuilder:
     def __init__(self, runtime: BagelRuntime, tokenizer: Qwen2Tokenizer):
         self.runtime = runtime
         self.tokenizer = tokenizer
+        # Called with a residency.PHASE_GROUPS key before each kind of block (text, ViT image, VAE image), so
+        # a memory manager loads only the weights that block reads (the pipeline sets its phase hook here).
+        self.phase: Callable[[str], None] = lambda name: None
 
     def add_text(self, ctx: Context, text: str) -> None:
         self.runtime.prefill_text(ctx, text_block_ids(self.tokenizer, self.runtime.special, text))
@@ -42,12 +46,14 @@ class ConditioningBuilder:
         gen = Context.empty(self.runtime.config.llm.num_hidden_layers)
         cond = Conditioning(gen=gen, cfg_text=gen.snapshot())
         if system_prompt is not None:
+            self.phase("prefill_text")
             self.add_text(gen, system_prompt)
             cond.texts.append(system_prompt)
         cond.image_free = gen.snapshot()
         for item in items:
             if isinstance(item, str):
                 cond.cfg_text = gen.snapshot()
+                self.phase("prefill_text")
                 self.add_text(gen, item)
                 cond.texts.append(item)
                 if cond.image_size is None:
@@ -61,7 +67,9 @@ class ConditioningBuilder:
     def _add_image(self, cond: Conditioning, image: Image.Image, use_vae: bool, generator) -> None:
         working = self.runtime.vae_rule(to_rgb(image))
         if use_vae:
+            self.phase("prefill_vae")
             self.runtime.prefill_vae(cond.gen, working, generator)
+        self.phase("prefill_vit")
         cond.vit_tokens += self.runtime.prefill_vit(cond.gen, working)
         cond.image_size = working.size
         cond.cfg_text = cond.gen.snapshot()
@@ -71,6 +79,7 @@ class ConditioningBuilder:
         if cond.image_free is not None:
             return cond.image_free
         ctx = Context.empty(self.runtime.config.llm.num_hidden_layers)
+        self.phase("prefill_text")
         for text in cond.texts:
             self.add_text(ctx, text)
         return ctx

@@ -8,9 +8,9 @@ attention must see each branch's own cached keys, so it runs per branch on that 
 into sequence order.
 
 Row layout (chosen so the big gen-expert GEMMs cover all branches in one call):
-``[start_0, end_0, start_1, end_1, …, latents_0, latents_1, …]``. Each marker row is its own und-expert
-segment (one row per Linear call, as in the single-branch path, so small-M GEMM kernels pick the same
-arithmetic); all latent rows form one gen-expert segment.
+``[start_0, end_0, start_1, end_1, …, latents_0, latents_1, …]``: the marker rows of every branch form one
+und-expert segment and all latent rows one gen-expert segment, so each expert's weights are read once per LM
+call (one copy of a streamed expert per call, not one per marker row).
 """
 from __future__ import annotations
 
@@ -43,8 +43,8 @@ class BranchLayout:
         return len(self.contexts)
 
     def segments(self, num_latents: int) -> list[Segment]:
-        markers = [Segment(i, i + 1, UND) for i in range(2 * self.count)]
-        return markers + [Segment(2 * self.count, 2 * self.count + self.count * num_latents, GEN)]
+        markers = 2 * self.count
+        return [Segment(0, markers, UND), Segment(markers, markers + self.count * num_latents, GEN)]
 
     def stack(self, start: torch.Tensor, end: torch.Tensor, latents: list[torch.Tensor]) -> torch.Tensor:
         """The query rows in the batched layout: the marker embeddings of every branch, then each branch's

@@ -1,4 +1,4 @@
-"""Per-layer key/value cache with amortised growth, and contexts that view a prefix of it.
+"""Per-layer key/value cache with bounded growth, and contexts that view a prefix of it.
 
 The official code deep-copies whole caches to make CFG contexts and to decode text. Contexts here are
 append-only, and every CFG context of the official flows is either a prefix of another context or built from
@@ -10,6 +10,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+# A layer's buffer grows to what the write needs plus this many tokens (room for the next decoded tokens), not
+# to twice its size: a cache holds at most its tokens + GROWTH_TOKENS per layer, and while one layer grows its
+# old buffer coexists with the new one (layers grow one after the other). ``peak_tokens`` is that bound, which
+# the memory estimate uses (checkpoint/memory.py).
+GROWTH_TOKENS = 256
+
+
+def peak_tokens(tokens: int, num_layers: int) -> float:
+    """Upper bound of the live cache, in tokens of all layers, for a cache that ends with ``tokens`` tokens:
+    every layer's buffer (tokens + growth room) plus one layer's old buffer while it grows."""
+    return num_layers * (tokens + GROWTH_TOKENS) + tokens
 
 
 class KVCache:
@@ -52,7 +64,7 @@ def _grow(buffer: torch.Tensor | None, needed: int, like: torch.Tensor) -> torch
     if buffer is not None and buffer.shape[0] >= needed and buffer.dtype == like.dtype \
             and buffer.device == like.device:
         return buffer
-    capacity = max(needed, 2 * (0 if buffer is None else buffer.shape[0]), 64)
+    capacity = needed + GROWTH_TOKENS
     grown = like.new_empty((capacity, *like.shape[1:]))
     if buffer is not None:
         old = min(buffer.shape[0], needed)

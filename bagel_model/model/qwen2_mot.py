@@ -52,11 +52,27 @@ class Block:
 
 
 def per_expert(x: torch.Tensor, segments: list[Segment], und, gen) -> torch.Tensor:
-    """Applies ``und`` or ``gen`` to each segment of the token axis and joins the results in order."""
+    """Applies ``und`` or ``gen`` to the rows of each segment and returns the rows in their original order.
+
+    All rows of one expert go through one call (gathered, then scattered back), so a block reads each expert's
+    weights once whatever its layout: the image markers around a VAE block, or the markers of every CFG branch
+    of a batched denoise call, share one und-expert call (a streamed expert is copied once per LM call)."""
     if len(segments) == 1:
-        fn = und if segments[0].expert == UND else gen
-        return fn(x)
-    return torch.cat([(und if s.expert == UND else gen)(x[s.start:s.end]) for s in segments], dim=0)
+        return (und if segments[0].expert == UND else gen)(x)
+    out = None
+    for expert, fn in ((UND, und), (GEN, gen)):
+        mine = [s for s in segments if s.expert == expert]
+        if not mine:
+            continue
+        rows = x[mine[0].start:mine[0].end] if len(mine) == 1 else torch.cat([x[s.start:s.end] for s in mine])
+        result = fn(rows)
+        if out is None:
+            out = result.new_empty((x.shape[0], *result.shape[1:]))
+        offset = 0
+        for s in mine:
+            out[s.start:s.end] = result[offset:offset + s.end - s.start]
+            offset += s.end - s.start
+    return out
 
 
 class MLP(nn.Module):

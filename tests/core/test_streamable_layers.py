@@ -88,7 +88,9 @@ def test_every_flow_through_the_cast_path_equals_the_resident_run(tiny_checkpoin
 
 def test_group_names():
     assert group_of("language_model.model.layers.3.mlp_moe_gen.up_proj.weight") == "gen"
-    assert group_of("language_model.lm_head.weight") == "und"
+    assert group_of("language_model.lm_head.weight") == "text_io"
+    assert group_of("language_model.model.embed_tokens.weight") == "text_io"
+    assert group_of("language_model.model.layers.0.mlp.up_proj.weight") == "und"
     assert group_of("latent_pos_embed.pos_embed") == "gen" and group_of("connector.fc1.bias") == "vit"
     with pytest.raises(ValueError, match="no BAGEL weight name"):
         group_of("unknown.weight")

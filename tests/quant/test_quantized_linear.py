@@ -81,9 +81,10 @@ def test_missing_bitsandbytes_names_the_fix(monkeypatch):
 def test_too_old_bitsandbytes_is_refused(monkeypatch):
     import bitsandbytes
 
-    monkeypatch.setattr(bitsandbytes, "__version__", "0.42.0")
-    with pytest.raises(BagelInputError, match=">= 0.48"):
-        q.import_bitsandbytes("int8")
+    for old in ("0.42.0", "0.48.2", "0.49.2"):  # 0.48/0.49: NF4 weights read transposed on the CPU
+        monkeypatch.setattr(bitsandbytes, "__version__", old)
+        with pytest.raises(BagelInputError, match=">= 0.50"):
+            q.import_bitsandbytes("int8")
 
 
 def test_policy_choices():
@@ -102,3 +103,30 @@ def test_policy_choices():
 def test_probe_runs_on_cpu():
     for precision in q.BITSANDBYTES_PRECISIONS:
         q.probe_device(precision, "cpu", torch.float32)
+    assert q.PROBE_SHAPE[0] != q.PROBE_SHAPE[1]  # a square probe hides a transposed weight
+
+
+def _transposed_matmul_4bit(real, square_only: bool):
+    """bitsandbytes 0.48/0.49's CPU NF4 behaviour: the dequantized weight is used in (in, out) orientation, which
+    raises a shape error on a non-square layer; ``square_only`` fakes a build that survives that (garbage values
+    of the right shape) to check the numeric check too."""
+    import bitsandbytes
+
+    def matmul_4bit(x, packed, bias=None, quant_state=None):
+        weight = bitsandbytes.functional.dequantize_4bit(packed, quant_state).to(x.dtype)
+        out_features, in_features = weight.shape
+        wrong = weight.reshape(in_features, out_features)
+        if square_only:
+            return (x @ wrong[:, :out_features].roll(1, dims=0))
+        return x @ wrong.T
+    return matmul_4bit
+
+
+@pytest.mark.parametrize("square_only", [False, True])
+def test_probe_refuses_a_build_with_transposed_nf4_weights(monkeypatch, square_only):
+    import bitsandbytes
+
+    monkeypatch.setattr(bitsandbytes, "matmul_4bit", _transposed_matmul_4bit(bitsandbytes.matmul_4bit, square_only))
+    with pytest.raises(BagelInputError, match="bitsandbytes .*(cannot run|wrong nf4).*>=0.50"):
+        q.probe_device("nf4", "cpu", torch.float32)
+    q.probe_device("int8", "cpu", torch.float32)  # INT8 untouched: still accepted

@@ -1,8 +1,10 @@
 """Batched CFG runs all branches of a step in one LM call; every result must equal the one-branch-at-a-time path.
 
 In bf16 (the parity dtype) the results are bit-identical on this CPU, so those checks are exact. In fp32 a GEMM
-over very few rows (a 3x2 latent grid) may take another kernel and reorder sums, so fp32 end-to-end results are
-compared within float-reordering tolerance.
+over very few rows may take another kernel and reorder sums: the marker rows of all branches go through one
+und-expert call (6 rows batched for edit, 2 per call one branch at a time), which on this CPU (2-core AMD EPYC,
+AVX512-BF16) gives fp32 velocities within 1.5e-7 relative (7.2e-7 max abs) and 4-step edit latents within
+1.2e-6 relative of the one-at-a-time path; fp32 results are compared within float-reordering tolerance.
 """
 import pytest
 import torch
@@ -34,7 +36,7 @@ def test_batched_velocities_equal_sequential_for_three_different_contexts(speed_
     sequential = [velocities(speed_pipe.runtime, [ctx], query, x, t)[0] for ctx in contexts]
     batched = velocities(speed_pipe.runtime, contexts, query, x, t)
     for one, many in zip(sequential, batched):
-        assert torch.equal(one, many)
+        _assert_same(one, many, speed_pipe)
     assert not torch.equal(batched[0], batched[1])  # each branch really saw its own context
 
 
