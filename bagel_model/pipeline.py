@@ -14,13 +14,14 @@ from .checkpoint.auto_precision import AUTO, resolve_auto
 from .generation.conditioning import Conditioning, ConditioningBuilder
 from .generation.denoise import denoise
 from .devices import resolve_batch_cfg, resolve_batch_images, resolve_compute_dtype, resolve_device
-from .errors import BagelCheckpointError, BagelInputError
+from .errors import BagelInputError
 from .text.framing import GEN_THINK_SYSTEM_PROMPT, VLM_THINK_SYSTEM_PROMPT, SpecialIds, extract_generated_text
 from .generation.image_batch import image_seeds, job_progress, shares_context
-from .generation.images import to_pil, to_unit_pixels, unpatchify_latent
+from .generation.images import check_image_size, to_pil, to_unit_pixels, unpatchify_latent
 from .generation.request_items import request_items
 from .checkpoint.memory import batch_cfg_fits
 from .oom import release_on_oom
+from .checkpoint.folder_check import check_bagel_folder
 from .checkpoint.precision_loading import load_with_precision
 from .checkpoint.quantization import check_precision
 from .checkpoint.prequantized import save_quantized
@@ -87,7 +88,7 @@ class BagelPipeline:
 
     @classmethod
     @release_on_oom
-    def from_pretrained(cls, path: str | Path, precision: str = "bf16", device: str = "auto",
+    def from_pretrained(cls, path: str | Path, precision: str = AUTO, device: str = "auto",
                         compute_dtype: str = "auto", *, available_memory: int | None = None,
                         check_memory: bool = True, operations=TorchOps,
                         storage_device: str | torch.device | None = None) -> "BagelPipeline":
@@ -96,16 +97,15 @@ class BagelPipeline:
         pre-quantized folder loads directly. ``available_memory`` (bytes, None = measured free memory) bounds the
         fit check. ``device`` is where the model computes; ``storage_device`` (default: ``device``) where its
         weights are kept, for a host application that moves or streams them itself; ``operations`` its layer
-        classes."""
-        if not Path(path).is_dir():
-            raise BagelCheckpointError(
-                f"Model folder {path} does not exist. Put the BAGEL-7B-MoT files there or pass another folder.")
+        classes. Every argument is checked before the first weight is read."""
+        check_bagel_folder(path)
+        if precision != AUTO:
+            check_precision(precision)
         target = resolve_device(device)
         storage = target if storage_device is None else resolve_device(storage_device)
         cdtype = resolve_compute_dtype(compute_dtype, target)
         if precision == AUTO:
             precision = resolve_auto(path, target, cdtype, available_memory).precision
-        check_precision(precision)
         start = time.perf_counter()
         tokenizer = Qwen2Tokenizer.from_folder(path)  # cheap: a missing file fails before the big read
         _, model, vae = load_with_precision(path, precision, storage, cdtype, available_bytes=available_memory,
@@ -356,13 +356,8 @@ class BagelPipeline:
         return batch
 
     def _check_size(self, width: int, height: int) -> None:
-        stride, limit = self.config.latent_downsample, self.config.max_image_side
-        for name, value in (("width", width), ("height", height)):
-            if not isinstance(value, int) or value % stride or not stride <= value <= limit:
-                raise BagelInputError(
-                    f"{name}={value} is not supported: use a multiple of {stride} between {stride} and {limit} "
-                    f"(the model's latent grid is {self.config.max_latent_size}x{self.config.max_latent_size} "
-                    f"tokens of {stride} px).")
+        config = self.config
+        check_image_size(width, height, config.latent_downsample, config.max_image_side, config.max_latent_size)
 
 
 def split_thinking(text: str) -> tuple[str, str]:

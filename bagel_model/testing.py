@@ -26,6 +26,10 @@ from .model.embeddings import sincos_2d_table
 
 log = logging.getLogger(__name__)
 
+# The README.md every random folder gets; its first words are how ``is_random_checkpoint`` recognises one.
+RANDOM_README = ("Random BAGEL test checkpoint (not a real model). Made by "
+                 "`python -m bagel_model make-test-checkpoint`.\n")
+
 QWEN25_ADDED_TOKENS = (
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
     "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>",
@@ -92,6 +96,15 @@ def write_test_folder(out_dir: str | Path, preset: str = "tiny",
     return out, source
 
 
+def is_random_checkpoint(folder: str | Path) -> bool:
+    """Whether ``folder`` was written by ``make_test_checkpoint`` / ``write_test_folder`` (random weights)."""
+    readme = Path(folder) / "README.md"
+    try:
+        return readme.is_file() and readme.read_text(encoding="utf-8").startswith(RANDOM_README.split(".")[0])
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 def make_test_checkpoint(out_dir: str | Path, preset: str = "tiny", seed: int = 0,
                          tokenizer_dir: str | Path | None = None) -> Path:
     out, source = write_test_folder(out_dir, preset, tokenizer_dir)
@@ -121,8 +134,7 @@ def _write_configs(out: Path, spec: Preset, vocab_rows: int) -> None:
     ae["ch_mult"] = list(ae["ch_mult"])
     (out / "ae_config.json").write_text(json.dumps(ae, indent=2))
     # The official tables: the tensors' row counts carry max_latent_size=64 and vit side 70.
-    (out / "README.md").write_text("Random BAGEL test checkpoint (not a real model). Made by "
-                                   "`python -m bagel_model make-test-checkpoint`.\n")
+    (out / "README.md").write_text(RANDOM_README)
 
 
 def _write_tokenizer(out: Path, source: Path | None) -> int:

@@ -8,10 +8,11 @@ import os
 
 import folder_paths
 
+from bagel_model.checkpoint.folder_check import HF_REPO_ID, download_command
+
 logger = logging.getLogger(__name__)
 
 FOLDER_KEY = "bagel"
-HF_REPO_ID = "ByteDance-Seed/BAGEL-7B-MoT"
 # Folder name the optional download creates; also always offered in the dropdown so a user
 # with an empty models/bagel/ can pick it together with "download if missing".
 DOWNLOAD_FOLDER_NAME = "BAGEL-7B-MoT"
@@ -79,14 +80,15 @@ def incomplete_folder_message(name: str, path: str, problems: str) -> str:
     if name == DOWNLOAD_FOLDER_NAME:
         fix = "switch 'download_if_missing' on to finish the download"
     else:
-        fix = f"download the missing files again (huggingface-cli download {HF_REPO_ID} --local-dir \"{path}\")"
+        fix = f"download the missing files again ({download_command(path)})"
     return f"BAGEL model folder '{name}' ({path}) is incomplete: {problems}. To fix it, {fix}."
 
 
 def missing_folder_message(name: str) -> str:
-    roots = ", ".join(search_roots()) or "(none registered)"
+    roots = search_roots()
+    fetch = f" ({download_command(os.path.join(roots[0], name))})" if roots else ""
     return (
-        f"BAGEL model folder '{name}' was not found (looked for {name}/{MARKER_FILE} in: {roots}). "
-        f"Download {HF_REPO_ID} into one of these folders, or enable 'download_if_missing' "
-        f"with '{DOWNLOAD_FOLDER_NAME}' selected, then press R to refresh the list."
+        f"BAGEL model folder '{name}' was not found (looked for {name}/{MARKER_FILE} in: "
+        f"{', '.join(roots) or '(none registered)'}). Download {HF_REPO_ID} into one of these folders{fetch}, "
+        f"or enable 'download_if_missing' with '{DOWNLOAD_FOLDER_NAME}' selected, then press R to refresh the list."
     )

@@ -32,11 +32,17 @@ def read_config(folder: str | Path) -> BagelConfig:
     The official inference passes ``max_latent_size=64`` and ``vit_max_num_patch_per_side=70``; small test
     checkpoints use smaller tables, and the stored tables are the only place that records their size.
     """
+    return read_json_config(folder, **_table_sides_from_weights(Path(folder)))
+
+
+def read_json_config(folder: str | Path, **table_sides: int) -> BagelConfig:
+    """The config from the folder's JSON files alone (no weight file is opened): the position tables take the
+    official sides unless ``table_sides`` gives them. Enough to check a request before loading."""
     folder = Path(folder)
     llm_json = _read_json(folder, LLM_CONFIG)
     vit_json = _read_json(folder, VIT_CONFIG)
     ae_json = _read_json(folder, AE_CONFIG) if (folder / AE_CONFIG).is_file() else {}
-    return BagelConfig.from_json(llm_json, vit_json, ae_json, **_table_sides_from_weights(folder))
+    return BagelConfig.from_json(llm_json, vit_json, ae_json, **table_sides)
 
 
 def _read_json(folder: Path, name: str) -> dict:

@@ -20,6 +20,32 @@ TOKENIZER_JSON = "tokenizer.json"
 VOCAB_FILES = ("vocab.json", "merges.txt")
 # huggingface_hub keeps the part of a file it is still downloading here, inside the target folder.
 HF_PARTIAL_DOWNLOADS = Path(".cache") / "huggingface" / "download"
+HF_REPO_ID = "ByteDance-Seed/BAGEL-7B-MoT"
+# How many of a wrong folder's entries the "not a BAGEL folder" message names.
+_LISTED_ENTRIES = 6
+
+
+def download_command(folder: str | Path) -> str:
+    """The huggingface_hub (>= 1.0) command that fetches, or completes, the official checkpoint into ``folder``."""
+    return f'hf download {HF_REPO_ID} --local-dir "{folder}"'
+
+
+def check_bagel_folder(folder: str | Path) -> Path:
+    """The first check of a model folder, before anything in it is read: it exists and is a BAGEL folder at all
+    (``llm_config.json`` marks one). Whether it is complete is ``incomplete_files``' job."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise BagelCheckpointError(
+            f"Model folder {folder} does not exist. Put the BAGEL-7B-MoT files there "
+            f"({download_command(folder)}) or pass another folder.")
+    if not (folder / LLM_CONFIG).is_file():
+        entries = sorted(entry.name for entry in folder.iterdir())
+        found = ", ".join(entries[:_LISTED_ENTRIES]) + (", ..." if len(entries) > _LISTED_ENTRIES else "")
+        raise BagelCheckpointError(
+            f"not a BAGEL folder: {folder} (expected {LLM_CONFIG}, {VIT_CONFIG}, {AE_FILE}, {WEIGHTS_FILE} and "
+            f"the tokenizer files; it holds {found or 'nothing'}). Pass the folder that holds the BAGEL-7B-MoT "
+            f"files, or download them into this one: {download_command(folder)}")
+    return folder
 
 
 def expected_files(folder: str | Path) -> list[str]:

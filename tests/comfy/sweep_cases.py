@@ -20,7 +20,7 @@ def checkpoint_folders(s: Sweep) -> None:
         s.with_model(T2I, "BAGEL-nowhere"), "'BAGEL-nowhere' was not found", "download_if_missing"))
     s.record("partial folder (interrupted download: no `ema.safetensors`, unfinished part in `.cache`)",
              lambda: s.rejected(s.with_model(T2I, "BAGEL-partial"), "is incomplete", "ema.safetensors is missing",
-                                "unfinished download", "huggingface-cli download"))
+                                "unfinished download", "hf download"))
     s.record("truncated `ema.safetensors` (half the file)", lambda: s.rejected(
         s.with_model(T2I, "BAGEL-truncated"), "is incomplete", "ema.safetensors is truncated"))
     s.record("corrupt `ae.safetensors` (header overwritten)", lambda: s.rejected(
