@@ -21,7 +21,7 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from torch import nn
 
 from ..errors import BagelCheckpointError, BagelInputError
@@ -31,7 +31,7 @@ from .folder import FORMAT_NAME, FORMAT_VERSION, MARKER_FILE, weights_file_name
 from .loading import set_submodule
 from .quantization import (BITSANDBYTES_PRECISIONS, INT8_OUTLIER_THRESHOLD, NF4_BLOCKSIZE, QUANTIZED_PRECISIONS,
                            _linear_classes, import_bitsandbytes, is_quantized_linear, storage_dtype)
-from .safetensors_header import read_header
+from .tensor_store import open_store, store_header
 from .safetensors_writer import write_safetensors
 
 log = logging.getLogger(__name__)
@@ -179,10 +179,10 @@ _QUANTIZED_MARKS = ("SCB", "scale_weight", _NF4_STATE_KEY)  # a Linear stored wi
 def load_prequantized_weights(module: nn.Module, path: Path, device: torch.device, precision: str,
                               compute_dtype: torch.dtype, operations=TorchOps) -> nn.Module:
     """Fills a meta-device ``Bagel`` from a pre-quantized weights file (strict: every key used, none missing)."""
-    header = read_header(path)
+    header = store_header(path)  # a file, or a TensorStore (community fp8/int8 files, checkpoint/formats.py)
     consumed: set[str] = set()
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as reader:
+        with open_store(path) as reader:
             for name, leaf in list(module.named_modules()):
                 prefix = f"{name}." if name else ""
                 if isinstance(leaf, Linear) and any(prefix + mark in header for mark in _QUANTIZED_MARKS):
