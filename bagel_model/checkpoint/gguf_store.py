@@ -73,4 +73,4 @@ class GGUFStore:
         gguf = import_gguf()
         values = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
         shape = self._header[key]["shape"]
-        return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).reshape(shape)
+        return torch.from_numpy(np.array(values, dtype=np.float32)).reshape(shape)  # a copy: the file stays read-only
