@@ -27,6 +27,10 @@ def check_source_precision(source: CheckpointSource, precision: str) -> None:
     """Refuses a precision the stored weights cannot give (a file stored in fp8 cannot load as nf4), and DF11."""
     if source.kind == DFLOAT11:
         refuse_dfloat11(source.path, torch.cuda.is_available())
+    if source.marker is not None and source.held_precision != precision:
+        raise BagelInputError(
+            f"{source.path} is a pre-quantized {source.held_precision} folder; load it with "
+            f"precision={source.held_precision!r}, or load the original BAGEL folder to use {precision}.")
     if source.held_precision is not None and source.held_precision != precision:
         raise BagelInputError(
             f"{source.path} stores its weights in {source.held_precision} ({source.describe()}); load it with "
