@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from .checkpoint.auto_precision import AUTO, resolve_auto
+from .checkpoint.formats import describe_checkpoint
 from .generation.conditioning import Conditioning, ConditioningBuilder
 from .generation.denoise import denoise
 from .devices import resolve_batch_cfg, resolve_batch_images, resolve_compute_dtype, resolve_device
@@ -91,35 +92,42 @@ class BagelPipeline:
     def from_pretrained(cls, path: str | Path, precision: str = AUTO, device: str = "auto",
                         compute_dtype: str = "auto", *, available_memory: int | None = None,
                         check_memory: bool = True, operations=TorchOps,
-                        storage_device: str | torch.device | None = None) -> "BagelPipeline":
-        """``precision``: bf16, fp16, fp32, nf4, int8, fp8_e4m3fn (see checkpoint/quantization.py) or auto (the
-        best that fits in ``available_memory`` / the free memory of the device, checkpoint/auto_precision.py); a
-        pre-quantized folder loads directly. ``available_memory`` (bytes, None = measured free memory) bounds the
-        fit check. ``device`` is where the model computes; ``storage_device`` (default: ``device``) where its
-        weights are kept, for a host application that moves or streams them itself; ``operations`` its layer
-        classes. Every argument is checked before the first weight is read."""
-        check_bagel_folder(path)
+                        storage_device: str | torch.device | None = None, vae_dirs=()) -> "BagelPipeline":
+        """``path``: a BAGEL folder or checkpoint file in any format checkpoint/formats.py recognises
+        (``vae_dirs``: where a single file's FLUX autoencoder may be). ``precision``: bf16, fp16, fp32, nf4,
+        int8, fp8_e4m3fn (see checkpoint/quantization.py) or auto (the best that fits in ``available_memory`` /
+        the free memory of the device, checkpoint/auto_precision.py); a checkpoint stored quantized loads in its
+        own precision. ``available_memory`` (bytes, None = measured free memory) bounds the fit check.
+        ``device`` is where the model computes; ``storage_device`` (default: ``device``) where its weights are
+        kept, for a host application that moves or streams them itself; ``operations`` its layer classes. Every argument is checked before the first weight is read."""
+        check_bagel_folder(path)  # a folder without llm_config.json is named as "not a BAGEL folder"
+        source = describe_checkpoint(path, vae_dirs)  # fails first, naming what is missing
         if precision != AUTO:
             check_precision(precision)
         target = resolve_device(device)
         storage = target if storage_device is None else resolve_device(storage_device)
         cdtype = resolve_compute_dtype(compute_dtype, target)
         if precision == AUTO:
-            precision = resolve_auto(path, target, cdtype, available_memory).precision
+            precision = resolve_auto(path, target, cdtype, available_memory, vae_dirs).precision
         start = time.perf_counter()
-        tokenizer = Qwen2Tokenizer.from_folder(path)  # cheap: a missing file fails before the big read
+        tokenizer = Qwen2Tokenizer.from_folder(source.tokenizer_dir)  # cheap: a missing file fails before the big read
         _, model, vae = load_with_precision(path, precision, storage, cdtype, available_bytes=available_memory,
                                             check_memory=check_memory, operations=operations,
-                                            compute_device=target)
-        log.info("Loaded %s (%s weights, %s compute, %s) in %.1f s", path, precision, cdtype, target,
-                 time.perf_counter() - start)
+                                            compute_device=target, vae_dirs=vae_dirs)
+        log.info("Loaded %s: %s as %s (%s compute, %s) in %.1f s", path, source.describe(), precision, cdtype,
+                 target, time.perf_counter() - start)
         pipe = cls(model, vae, tokenizer, cdtype, Path(path), device=target)
         pipe.precision = precision
+        pipe.checkpoint_format = source.describe()
         return pipe
 
     def save_quantized(self, out_dir: str | Path) -> Path:
         """Writes a pre-quantized folder of this nf4/int8 pipeline that loads without re-quantizing."""
         return save_quantized(self.model.bagel, self.source, out_dir, getattr(self, "precision", "bf16"))
+
+    def __repr__(self) -> str:
+        return (f"BagelPipeline(source={str(self.source)!r}, format={getattr(self, 'checkpoint_format', '')!r}, "
+                f"precision={getattr(self, 'precision', '')!r})")
 
     @property
     def device(self) -> torch.device:

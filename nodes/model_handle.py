@@ -128,4 +128,5 @@ class BagelMoTModel:
         mm.load_models_gpu(patchers, memory_required=self.working_memory_bytes)
 
     def __repr__(self) -> str:
-        return f"BagelMoTModel(folder={self.folder!r}, precision={self.precision!r})"
+        return (f"BagelMoTModel(folder={self.folder!r}, precision={self.precision!r}, "
+                f"format={getattr(self.pipeline, 'checkpoint_format', '')!r})")

@@ -12,6 +12,7 @@ from pathlib import Path
 from ..errors import BagelCheckpointError
 from .folder import AE_FILE, LLM_CONFIG, VIT_CONFIG, WEIGHTS_FILE
 from .folder import MARKER_FILE as PREQUANTIZED_MARKER
+from .formats import describe_checkpoint
 from .safetensors_header import read_header
 
 # The tokenizer files text/tokenizer.py reads (checkpoint/ may not import text/): tokenizer.json when present,
@@ -34,6 +35,8 @@ def check_bagel_folder(folder: str | Path) -> Path:
     """The first check of a model folder, before anything in it is read: it exists and is a BAGEL folder at all
     (``llm_config.json`` marks one). Whether it is complete is ``incomplete_files``' job."""
     folder = Path(folder)
+    if folder.is_file():
+        return folder  # a single-file checkpoint: checkpoint/formats.py recognises it by its tensors
     if not folder.is_dir():
         raise BagelCheckpointError(
             f"Model folder {folder} does not exist. Put the BAGEL-7B-MoT files there "
@@ -58,7 +61,19 @@ def expected_files(folder: str | Path) -> list[str]:
         except (json.JSONDecodeError, UnicodeDecodeError):
             weights = WEIGHTS_FILE  # reported as unreadable below
     tokenizer = [TOKENIZER_JSON] if (Path(folder) / TOKENIZER_JSON).is_file() else list(VOCAB_FILES)
-    return [LLM_CONFIG, VIT_CONFIG, *tokenizer, AE_FILE, weights]
+    return [LLM_CONFIG, VIT_CONFIG, *tokenizer, AE_FILE, *_other_weights(Path(folder), weights)]
+
+
+def _other_weights(folder: Path, weights: str) -> list[str]:
+    """``[weights]``, or the weights file(s) of a folder that names them otherwise (a fine-tune's
+    ``model_bf16.safetensors``, shards of an index: checkpoint/formats.py); a folder with none keeps
+    ``ema.safetensors``, reported missing."""
+    if weights != WEIGHTS_FILE or (folder / WEIGHTS_FILE).is_file():
+        return [weights]
+    try:
+        return [p.name for p in describe_checkpoint(folder).weights]
+    except BagelCheckpointError:
+        return [weights]
 
 
 def file_problem(path: Path) -> str | None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from torch import nn
 
 from ..config import BagelConfig
@@ -25,7 +25,7 @@ from ..model.autoencoder import AutoEncoder
 from ..model.bagel import Bagel
 from ..model.ops import TorchOps
 from .folder import AE_FILE, WEIGHTS_FILE, read_config
-from .safetensors_header import read_header
+from .tensor_store import open_store, store_header
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def load_module_weights(module: nn.Module, path: Path, device: torch.device, dty
     skeleton of core layers). Float tensors are converted to ``dtype`` (None keeps the stored dtype). Each
     layer's tensors are read together so a ``linear_factory`` (quantization) can replace a whole Linear at once.
     """
-    header = read_header(path)
+    header = store_header(path)  # a file, or a TensorStore (shards, renamed or converted checkpoints)
     if expected is None:
         expected = {k: tuple(t.shape) for k, t in module.state_dict().items()}
     check_keys(expected, header, path)
@@ -109,7 +109,7 @@ def load_module_weights(module: nn.Module, path: Path, device: torch.device, dty
             # every page read stays resident while the mapping lives, so a single mapping for the whole load
             # would grow the host RSS to the file size (29 GB) even when the weights go to a GPU or get
             # quantized. Closing it after each module keeps the host footprint at one module's tensors.
-            with safe_open(str(path), framework="pt", device="cpu") as reader:
+            with open_store(path) as reader:
                 tensors = {k: _convert(reader.get_tensor(_key(name, k)), device, dtype) for k in attrs}
             replacement = linear_factory(name, leaf, tensors) if linear_factory else None
             if replacement is not None:

@@ -21,7 +21,7 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from torch import nn
 
 from ..errors import BagelCheckpointError, BagelInputError
@@ -31,7 +31,7 @@ from .folder import FORMAT_NAME, FORMAT_VERSION, MARKER_FILE, weights_file_name
 from .loading import assign_tensors, keys_by_layer, set_submodule
 from .quantization import (BITSANDBYTES_PRECISIONS, INT8_OUTLIER_THRESHOLD, NF4_BLOCKSIZE, QUANTIZED_PRECISIONS,
                            _linear_classes, import_bitsandbytes, is_quantized_linear, storage_dtype)
-from .safetensors_header import read_header
+from .tensor_store import open_store, store_header
 from .safetensors_writer import write_safetensors
 
 log = logging.getLogger(__name__)
@@ -180,13 +180,13 @@ def load_prequantized_weights(module: nn.Module, path: Path, device: torch.devic
     """Fills a meta-device ``Bagel`` from a pre-quantized weights file (strict: every key used, none missing).
     ``expected``: {key: shape} of the full-precision checkpoint (``loading.checkpoint_layout``; default: the
     module's state dict), for the tensors that are not quantized Linears."""
-    header = read_header(path)
+    header = store_header(path)  # a file, or a TensorStore (community fp8/int8 files, checkpoint/formats.py)
     if expected is None:
         expected = {k: tuple(t.shape) for k, t in module.state_dict().items()}
     by_layer = keys_by_layer(expected)
     consumed: set[str] = set()
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as reader:
+        with open_store(path) as reader:
             for name, leaf in list(module.named_modules()):
                 prefix = f"{name}." if name else ""
                 if isinstance(leaf, Linear) and any(prefix + mark in header for mark in _QUANTIZED_MARKS):
