@@ -101,9 +101,9 @@ class BagelPipeline:
         ``device`` is where the model computes; ``storage_device`` (default: ``device``) where its weights are
         kept, for a host application that moves or streams them itself; ``operations`` its layer classes. Every argument is checked before the first weight is read."""
         check_bagel_folder(path)  # a folder without llm_config.json is named as "not a BAGEL folder"
-        source = describe_checkpoint(path, vae_dirs)  # fails first, naming what is missing
         if precision != AUTO:
             check_precision(precision)
+        source = describe_checkpoint(path, vae_dirs)  # reads headers only; fails naming what is missing
         target = resolve_device(device)
         storage = target if storage_device is None else resolve_device(storage_device)
         cdtype = resolve_compute_dtype(compute_dtype, target)
