@@ -9,6 +9,10 @@ core's memory estimate); ComfyUI then keeps as much of them resident as fits and
 forward (every layer is a cast op, nodes/comfy_ops.py). During denoising only the gen expert is requested:
 ComfyUI frees room for it by offloading the und expert first, which then serves the image-marker rows
 from wherever it is. "Free model and node cache" and eviction by other models offload every group.
+
+Under Dynamic VRAM (ComfyUI 0.33+ with comfy-aimdo: ``CoreModelPatcher`` is ``ModelPatcherDynamic``) ComfyUI
+faults each layer in when it is used and streams in the order each group's ``get_dynamic_vram__units()``
+gives: one decoder (or SigLIP) layer after the other, as a forward uses them.
 """
 import logging
 import re

@@ -100,11 +100,13 @@ def load_module_weights(module: nn.Module, path: Path, device: torch.device, dty
         expected = {k: tuple(t.shape) for k, t in module.state_dict().items()}
     check_keys(expected, header, path)
     by_layer = keys_by_layer(expected)
+    unfilled = set(by_layer)
     try:
         for name, leaf in list(module.named_modules()):
             attrs = by_layer.get(name)
             if not attrs:
                 continue
+            unfilled.discard(name)
             # One mapping per module: get_tensor returns views into a private mapping of the whole file and
             # every page read stays resident while the mapping lives, so a single mapping for the whole load
             # would grow the host RSS to the file size (29 GB) even when the weights go to a GPU or get
@@ -122,6 +124,9 @@ def load_module_weights(module: nn.Module, path: Path, device: torch.device, dty
         raise BagelCheckpointError(
             f"Reading {path} failed ({exc}); the file is probably corrupt: delete it and download it again.") \
             from exc
+    if unfilled:  # the skeleton lacks layers the checkpoint layout has: a host namespace built another model
+        raise BagelCheckpointError(f"The model built for {path} has no layer(s) {sorted(unfilled)[:3]}; the "
+                                   f"layer classes passed as `operations` do not build BAGEL's modules.")
     return module
 
 
