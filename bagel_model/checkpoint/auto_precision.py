@@ -42,7 +42,7 @@ from ..config import BagelConfig
 from .formats import describe_checkpoint
 from .memory import GiB, available_memory, estimate_memory
 from .quantization import BITSANDBYTES_PRECISIONS, PRECISIONS
-from .residency import denoise_calls_per_step, split_denoise_weights, streamed_read_bytes
+from .residency import denoise_residency
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,8 @@ def evaluate_precision(config: BagelConfig, precision: str, memory: DeviceMemory
     weights = estimate.weights_bytes
     working = estimate.kv_cache_bytes + estimate.activation_bytes
     room = memory.total_bytes - memory.reserved_bytes - working
-    streamed = 0 if weights <= room else _streamed_per_step(config, precision, room, estimate, device)
+    streamed = 0 if weights <= room else _streamed_per_step(config, precision, memory, device, compute_dtype,
+                                                            call or REFERENCE_CALL)
     if weights <= room:
         verdict = "fits"
     elif not memory.streaming:
@@ -124,11 +125,14 @@ def evaluate_precision(config: BagelConfig, precision: str, memory: DeviceMemory
     return PrecisionOption(precision, weights, working, room, streamed, verdict)
 
 
-def _streamed_per_step(config: BagelConfig, precision: str, room: int, estimate, device: str) -> int:
-    """Bytes of the experts copied per denoising step when ``room`` bytes hold weights (residency plan)."""
-    _, streamed = split_denoise_weights(streamed_read_bytes(config, precision), room)
-    calls = denoise_calls_per_step(estimate.details["cfg_branches"], device, None)
-    return sum(streamed.values()) * calls
+def _streamed_per_step(config: BagelConfig, precision: str, memory: DeviceMemory, device: str,
+                       compute_dtype: torch.dtype | None, call: dict) -> int:
+    """Bytes of the experts copied per denoising step on this card: the residency plan's figure (the residency
+    table and the README VRAM table print the same), for a memory manager that streams (ComfyUI's reserve)."""
+    plan = denoise_residency(config, precision, memory.total_bytes, call.get("task", "t2i"),
+                             call.get("width", 1024), call.get("height", 1024), device=device,
+                             compute_dtype=compute_dtype)
+    return plan.streamed_per_step
 
 
 def choose_precision(config: BagelConfig, memory: DeviceMemory, *, device: str = "cuda",

@@ -37,3 +37,17 @@ def test_table_rows_are_labelled_estimated():
     rows = residency_table(REAL, ["bf16", "nf4"], (8, 24), tasks=("t2i",))
     assert "ESTIMATED" in rows[0] and len(rows) == 1 + 2 * 2
     assert rows[1].startswith("bf16") and "GiB" in rows[1]
+
+
+def test_auto_rule_reports_the_residency_tables_streamed_bytes():
+    from bagel_model.checkpoint.auto_precision import DeviceMemory, choose_precision
+    from bagel_model.checkpoint.residency import COMFY_MIN_INFERENCE, COMFY_RESERVE
+
+    for card in (8, 12, 16, 24):
+        budget = int((card - 0.4) * GiB)  # bench/vram_table.py's card budget
+        choice = choose_precision(REAL, DeviceMemory(budget, COMFY_MIN_INFERENCE + COMFY_RESERVE, streaming=True))
+        for option in choice.options:
+            if option.verdict == "fits":
+                continue
+            plan = denoise_residency(REAL, option.precision, budget, "t2i")
+            assert option.streamed_bytes == plan.streamed_per_step, (card, option.precision)
