@@ -45,7 +45,9 @@ def load_source(source: CheckpointSource, config, precision: str, device: torch.
                 compute_device: torch.device | None = None):
     """``(bagel, autoencoder)`` of ``source`` on ``device`` in ``precision`` (checked by the caller)."""
     model, vae = build_skeleton(config, operations)
-    store = source.weights[0] if source.marker else source.store()
+    # One plain file is read by path, exactly as before formats existed; other layouts through their store.
+    plain = source.marker is not None or (len(source.weights) == 1 and not source.prefix and source.kind != GGUF)
+    store = source.weights[0] if plain else source.store()
     if source.held_precision is not None:
         if source.marker is None:
             linears = {name for name, module in model.named_modules() if isinstance(module, Linear)}
