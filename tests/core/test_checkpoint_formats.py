@@ -287,3 +287,12 @@ def test_a_file_of_another_model_is_refused_with_its_keys(tiny_checkpoint, tmp_p
         formats.describe_checkpoint(folder / "sd.safetensors")
     with pytest.raises(BagelCheckpointError, match="ema.safetensors is missing"):
         formats.describe_checkpoint(folder)
+
+
+def test_saving_a_prequantized_folder_from_a_single_file_is_refused(tiny_checkpoint, tmp_path, fp8_pipe):
+    from bagel_model.checkpoint.prequantized import save_quantized
+
+    path, _ = _single_file_root(tiny_checkpoint, tmp_path)
+    with pytest.raises(BagelInputError, match="single checkpoint file"):
+        save_quantized(fp8_pipe.model.bagel, path, tmp_path / "out", "fp8_e4m3fn")
+    assert not (tmp_path / "out").exists()
