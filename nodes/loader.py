@@ -45,7 +45,7 @@ def _precision_problem(precision) -> str | None:
     return None
 
 
-def _folder_problem(model_folder, download_if_missing) -> str | None:
+def _folder_problem(model_folder, download_if_missing, precision=None) -> str | None:
     if model_folder is None:
         return None
     if download_if_missing and model_folder == model_folders.DOWNLOAD_FOLDER_NAME:
@@ -56,17 +56,22 @@ def _folder_problem(model_folder, download_if_missing) -> str | None:
     problems = incomplete_files(path) if os.path.isdir(path) else {}
     if problems:
         return model_folders.incomplete_folder_message(model_folder, path, describe_problems(problems))
-    return _format_problem(path)
+    return _format_problem(path, model_folder, precision)
 
 
-def _format_problem(path: str) -> str | None:
+def _format_problem(path: str, model_folder: str, precision) -> str | None:
     """What keeps a checkpoint of another format from loading (a single file's missing tokenizer or
-    autoencoder, a DFloat11 folder), found from headers only."""
+    autoencoder, a DFloat11 folder, a precision its stored weights cannot give), found from headers only."""
     try:
         source = describe_checkpoint(path, model_folders.vae_dirs())
     except BagelCheckpointError as exc:
         return str(exc)
-    return dfloat11_problem(source.path, torch.cuda.is_available()) if source.kind == DFLOAT11 else None
+    if source.kind == DFLOAT11:
+        return dfloat11_problem(source.path, torch.cuda.is_available())
+    if source.held_precision and precision not in (None, AUTO, source.held_precision):
+        return (f"BAGEL '{model_folder}' stores its weights in {source.held_precision}; choose precision "
+                f"'{source.held_precision}' or 'auto' for it, or a bf16 checkpoint for '{precision}'.")
+    return None
 
 
 class BagelMoTModelLoader:
@@ -110,13 +115,13 @@ class BagelMoTModelLoader:
 
     @classmethod
     def VALIDATE_INPUTS(cls, model_folder=None, precision=None, download_if_missing=None):
-        problems = (_folder_problem(model_folder, download_if_missing), _precision_problem(precision))
+        problems = (_folder_problem(model_folder, download_if_missing, precision), _precision_problem(precision))
         return next((problem for problem in problems if problem), True)
 
     def load(self, model_folder, precision, download_if_missing=False):
         from bagel_model import BagelPipeline
 
-        problem = _folder_problem(model_folder, download_if_missing) or _precision_problem(precision)
+        problem = _folder_problem(model_folder, download_if_missing, precision) or _precision_problem(precision)
         if problem:
             raise ValueError(problem)
         path = model_folders.find_model_folder(model_folder) or model_folders.find_partial_folder(model_folder)

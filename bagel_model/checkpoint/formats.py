@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 OFFICIAL, FOLDER, SHARDED, PREQUANTIZED = "official folder", "folder", "sharded folder", "pre-quantized folder"
 SINGLE_FILE, GGUF, DFLOAT11 = "single file", "GGUF", "DFloat11"
 INDEX_SUFFIX = ".safetensors.index.json"
+GGUF_MAGIC = b"GGUF"
 
 
 @dataclass
@@ -122,7 +123,7 @@ def _describe_folder(folder: Path) -> CheckpointSource:
         weights = folder / marker["weights_file"]
         return _folder_source(folder, PREQUANTIZED, [weights], held=marker["precision"], marker=marker)
     if is_dfloat11_folder(folder):
-        return _folder_source(folder, DFLOAT11, sorted(folder.glob("*.safetensors")))
+        return _folder_source(folder, DFLOAT11, [p for p in sorted(folder.glob("*.safetensors")) if p.name != AE_FILE])
     indexes = sorted(folder.glob("*" + INDEX_SUFFIX))
     if indexes:
         return _with_content(_folder_source(folder, SHARDED, shards_of_index(indexes[0])))
@@ -194,4 +195,13 @@ def bagel_weight_files(folder: Path) -> list[Path]:
                 found.append(path)
         except BagelCheckpointError:
             continue  # unreadable: the folder check reports it
-    return found + sorted(folder.glob("*.gguf"))
+    return found + [p for p in sorted(folder.glob("*.gguf")) if is_gguf_file(p)]
+
+
+def is_gguf_file(path: Path) -> bool:
+    """A GGUF file starts with the magic bytes ``GGUF`` (read without the gguf package)."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(4) == GGUF_MAGIC
+    except OSError:
+        return False

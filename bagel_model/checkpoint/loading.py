@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from ..config import BagelConfig
@@ -25,7 +25,7 @@ from ..model.autoencoder import AutoEncoder
 from ..model.bagel import Bagel
 from ..model.ops import TorchOps
 from .folder import AE_FILE, WEIGHTS_FILE, read_config
-from .tensor_store import open_store, store_header
+from .tensor_store import store_header
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def load_module_weights(module: nn.Module, path: Path, device: torch.device, dty
             # every page read stays resident while the mapping lives, so a single mapping for the whole load
             # would grow the host RSS to the file size (29 GB) even when the weights go to a GPU or get
             # quantized. Closing it after each module keeps the host footprint at one module's tensors.
-            with open_store(path) as reader:
+            with _open(path) as reader:
                 tensors = {k: _convert(reader.get_tensor(_key(name, k)), device, dtype) for k in attrs}
             replacement = linear_factory(name, leaf, tensors) if linear_factory else None
             if replacement is not None:
@@ -128,6 +128,12 @@ def load_module_weights(module: nn.Module, path: Path, device: torch.device, dty
         raise BagelCheckpointError(f"The model built for {path} has no layer(s) {sorted(unfilled)[:3]}; the "
                                    f"layer classes passed as `operations` do not build BAGEL's modules.")
     return module
+
+
+def _open(weights):
+    """A reader of one safetensors file (a path) or of a TensorStore (checkpoint/tensor_store.py)."""
+    return safe_open(str(weights), framework="pt", device="cpu") if isinstance(weights, (str, Path)) \
+        else weights.reader()
 
 
 def _key(module_name: str, attr: str) -> str:

@@ -133,6 +133,10 @@ def save_quantized(model: nn.Module, source_folder: str | Path, out_dir: str | P
         raise BagelInputError(f"save_quantized needs precision {', '.join(QUANTIZED_PRECISIONS)}, not "
                               f"{precision!r}; load the model with one of them first.")
     source, out_dir = Path(source_folder), Path(out_dir)
+    if not source.is_dir():
+        raise BagelInputError(f"{source} is a single checkpoint file; a pre-quantized folder copies the configs, "
+                              f"tokenizer and autoencoder of a folder. Put the file in a BAGEL folder with "
+                              f"those files (or load that folder) and save again.")
     if out_dir.exists() and out_dir.resolve() == source.resolve():
         raise BagelInputError(f"The output folder {out_dir} is the model folder itself; choose a new folder.")
     count = sum(_is_layer_of(module, precision) for module in model.modules())

@@ -47,7 +47,9 @@ def load_source(source: CheckpointSource, config, precision: str, device: torch.
     model, vae = build_skeleton(config, operations)
     # The keys a checkpoint must hold are the core layout's: a host's layers may be built without tensors.
     model_keys, vae_keys = checkpoint_layout(config)
-    store = source.weights[0] if source.marker else source.store()
+    # One plain file is read by path, exactly as before formats existed; other layouts through their store.
+    plain = source.marker is not None or (len(source.weights) == 1 and not source.prefix and source.kind != GGUF)
+    store = source.weights[0] if plain else source.store()
     if source.held_precision is not None:
         if source.marker is None:
             linears = {name for name, module in model.named_modules() if isinstance(module, Linear)}

@@ -51,6 +51,8 @@ def roots(comfy_nodes, tiny_checkpoint, tmp_path_factory):
     (df11 / "config.json").write_text(json.dumps({"dfloat11_config": {"version": "0.5.0"}}))
     save_file({"language_model.model.layers.0.mlp.encoded_exponent": torch.zeros(4, dtype=torch.uint8)},
               str(df11 / "model.safetensors"))
+    (bagel / "bagel-Q4_K.gguf").write_bytes(b"GGUF" + bytes(60))  # magic only: listed, refused at validation
+    (bagel / "notes.gguf").write_bytes(b"text")  # not a GGUF file: not listed
     folder_paths.add_model_folder_path("bagel", str(bagel))
     folder_paths.add_model_folder_path("bagel", str(bare))
     folder_paths.add_model_folder_path("vae", str(vae))
@@ -74,6 +76,7 @@ def test_list_names_the_files_a_choice_reads(loader):
                  "no_tokenizer_tiny.safetensors", "BAGEL-DF11-tiny"):
         assert name in choices, (name, choices)
     assert "ae.safetensors" not in choices and "BAGEL-tiny/ae.safetensors" not in choices
+    assert "bagel-Q4_K.gguf" in choices and "notes.gguf" not in choices
 
 
 def test_validation_names_what_is_missing(loader):
@@ -84,6 +87,8 @@ def test_validation_names_what_is_missing(loader):
     message = loader.VALIDATE_INPUTS(model_folder="BAGEL-DF11-tiny")
     assert "DFloat11" in message and ("dfloat11[cuda12]" in message or "CUDA" in message)
     assert loader.VALIDATE_INPUTS(model_folder="../escape.safetensors") is not True
+    message = loader.VALIDATE_INPUTS(model_folder="bagel-Q4_K.gguf")
+    assert "pip install gguf" in message or "not a readable GGUF file" in message
 
 
 @pytest.mark.parametrize("name, fmt", [("BAGEL-RecA-tiny", "folder (model_bf16.safetensors)"),
@@ -103,5 +108,7 @@ def test_fp8_file_beside_the_official_weights_loads_in_fp8_with_auto(loader):
     assert model.precision == "fp8_e4m3fn" and "stored fp8_e4m3fn (ema-FP8.safetensors)" in repr(model)
     weights = [m.weight for m in model.pipeline.model.bagel.modules() if type(m).__name__.endswith("Fp8Linear")]
     assert weights and all(w.dtype == torch.float8_e4m3fn for w in weights)
-    with pytest.raises(Exception, match="stores its weights in fp8_e4m3fn"):
+    message = loader.VALIDATE_INPUTS(model_folder="BAGEL-tiny/ema-FP8.safetensors", precision="bf16")
+    assert "stores its weights in fp8_e4m3fn" in message and "'auto'" in message
+    with pytest.raises(ValueError, match="stores its weights in fp8_e4m3fn"):
         loader().load("BAGEL-tiny/ema-FP8.safetensors", "bf16", False)

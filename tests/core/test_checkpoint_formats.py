@@ -268,3 +268,31 @@ def test_unknown_config_keys_are_logged_and_changing_ones_refused(tiny_checkpoin
     (folder / "llm_config.json").write_text(json.dumps({**llm, "rope_scaling": {"type": "linear", "factor": 2}}))
     with pytest.raises(BagelCheckpointError, match="rope_scaling"):
         load(folder)
+
+
+def test_gguf_without_the_package_says_what_to_install(tiny_checkpoint, tmp_path, monkeypatch):
+    from bagel_model.checkpoint import gguf_store
+
+    folder = _copy_folder(tiny_checkpoint, tmp_path / "gguf-missing")
+    (folder / "bagel.gguf").write_bytes(b"GGUF")
+    monkeypatch.setattr(gguf_store, "gguf_available", lambda: False)
+    with pytest.raises(BagelCheckpointError, match="pip install gguf"):
+        formats.describe_checkpoint(folder / "bagel.gguf")
+
+
+def test_a_file_of_another_model_is_refused_with_its_keys(tiny_checkpoint, tmp_path):
+    folder = _copy_folder(tiny_checkpoint, tmp_path / "other")
+    save_file({"model.diffusion_model.input_blocks.0.weight": torch.zeros(2)}, str(folder / "sd.safetensors"))
+    with pytest.raises(BagelCheckpointError, match="holds no BAGEL tensors.*input_blocks"):
+        formats.describe_checkpoint(folder / "sd.safetensors")
+    with pytest.raises(BagelCheckpointError, match="ema.safetensors is missing"):
+        formats.describe_checkpoint(folder)
+
+
+def test_saving_a_prequantized_folder_from_a_single_file_is_refused(tiny_checkpoint, tmp_path, fp8_pipe):
+    from bagel_model.checkpoint.prequantized import save_quantized
+
+    path, _ = _single_file_root(tiny_checkpoint, tmp_path)
+    with pytest.raises(BagelInputError, match="single checkpoint file"):
+        save_quantized(fp8_pipe.model.bagel, path, tmp_path / "out", "fp8_e4m3fn")
+    assert not (tmp_path / "out").exists()

@@ -6,6 +6,7 @@ import sys
 import pytest
 from PIL import Image
 
+import bagel_model.checkpoint.loading as loading
 import bagel_model.checkpoint.tensor_store as tensor_store
 import bagel_model.checkpoint.safetensors_header as safetensors_header
 from bagel_model import BagelPipeline, cli
@@ -34,7 +35,7 @@ def weight_reads(monkeypatch):
         _OPENED.append(str(path))
         raise AssertionError(f"a weight file was opened: {path}")
 
-    for module in (tensor_store, safetensors_header):
+    for module in (loading, tensor_store, safetensors_header):
         monkeypatch.setattr(module, "safe_open", spy_safe_open)
     monkeypatch.setattr(BagelPipeline, "from_pretrained",
                         classmethod(lambda cls, *a, **k: _OPENED.append("from_pretrained") or 1 / 0))
@@ -106,7 +107,7 @@ def test_a_wrong_folder_lists_what_it_holds(tmp_path):
 
 def test_api_checks_folder_and_precision_before_reading_weights(tiny_checkpoint, tmp_path, monkeypatch):
     opened = []
-    for module in (tensor_store, safetensors_header):
+    for module in (loading, tensor_store, safetensors_header):
         monkeypatch.setattr(module, "safe_open", lambda path, *a, **k: opened.append(path) or 1 / 0)
     _OPENED.clear()
     _SPYING[0] = True
