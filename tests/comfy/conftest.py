@@ -1,8 +1,7 @@
 """Fixtures for the tests that need ComfyUI (COMFYUI_PATH = a ComfyUI source folder).
 
 Without COMFYUI_PATH these tests skip (with the reason) locally but FAIL under CI=true, so a CI run can never
-pass by skipping them. Tests marked `slow` (the slow tier: README, "Tests") run only with BAGEL_SLOW_TESTS=1,
-which .ci/run sets; under CI=true without it they fail and say so.
+pass by skipping them. The slow tier (tests marked `slow`) is gated in tests/conftest.py.
 """
 import asyncio
 import os
@@ -17,7 +16,6 @@ if str(REPO_ROOT) not in sys.path:  # for `import bagel_model` when pytest is no
     sys.path.append(str(REPO_ROOT))
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-SLOW_TESTS_ON = os.environ.get("BAGEL_SLOW_TESTS", "").lower() in ("1", "true", "yes")
 
 
 def require(condition: bool, reason: str) -> None:
@@ -26,13 +24,6 @@ def require(condition: bool, reason: str) -> None:
     if IN_CI:
         pytest.fail(f"{reason} (CI=true: required, not skipped)")
     pytest.skip(reason)
-
-
-def pytest_runtest_setup(item):
-    """The slow tier, before any of its fixtures (a browser, a server) is set up."""
-    if item.get_closest_marker("slow") is not None:
-        require(SLOW_TESTS_ON, "slow tier (robustness sweep, browser tests): runs with BAGEL_SLOW_TESTS=1 "
-                               "(.ci/run sets it; README, 'Tests')")
 
 
 @pytest.fixture(scope="session")
