@@ -75,21 +75,14 @@ const [pack, done] = arguments;
   done(false);
 })();
 """
-# The card of one workflow, scrolled into view: the browser loads a card's picture when it becomes visible, and the
-# grid may draw its later cards only once it has been scrolled to its end.
+# The card of one workflow, scrolled into view: the frontend loads a card's picture only while the card is visible
+# (1.27 also drops it again once scrolled away), so each card is checked while it is on screen.
 CARD_JS = """
 const img = Array.from(document.querySelectorAll("img")).find((el) => el.alt === arguments[0]);
 if (!img) return null;
-img.scrollIntoView({block: "center"});
-for (let el = img.parentElement; el; el = el.parentElement) {
-  if (el.scrollHeight > el.clientHeight + 1 && /auto|scroll/.test(getComputedStyle(el).overflowY)) {
-    if (img.getBoundingClientRect().height === 0) el.scrollTop = el.scrollHeight;
-    el.dispatchEvent(new Event("scroll"));
-    break;
-  }
-}
 let card = img;
 while (card.parentElement && !card.querySelector("h3")) card = card.parentElement;
+card.scrollIntoView({block: "center"});
 return {loaded: img.complete && img.naturalWidth > 0, src: img.currentSrc,
         title: card.querySelector("h3")?.textContent.trim() ?? "",
         description: card.querySelector("p")?.textContent.trim() ?? ""};
