@@ -6,7 +6,7 @@ steps instead of the workflow's own settings; the images are noise, which shows 
 end it says what it did, where the outputs are and what to do next. Safe to run again: it reuses the demo
 checkpoint, and uses real weights as soon as a folder in models/bagel holds them.
 Usage (from the pack folder inside custom_nodes):
-    python tools/run_demo.py --comfyui ../.. [--workflow bagel_mot_text_to_image] [--base-directory DIR]
+    python tools/run_demo.py --comfyui ../.. [--workflow 'BAGEL-MoT Text to Image'] [--base-directory DIR]
 (--base-directory: ComfyUI's own option: models/, custom_nodes/, input/, output/ and user/ live there.)
 """
 import argparse
@@ -122,7 +122,7 @@ def locate_comfyui(given: Path) -> Path:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--comfyui", type=Path, required=True, help="ComfyUI folder (the one with main.py)")
-    parser.add_argument("--workflow", default="bagel_mot_text_to_image",
+    parser.add_argument("--workflow", default="BAGEL-MoT Text to Image",
                         help=f"a file name (without .json) in {WORKFLOW_DIR.name}/")
     parser.add_argument("--base-directory", type=Path, help="ComfyUI base directory (default: the ComfyUI folder)")
     args = parser.parse_args()

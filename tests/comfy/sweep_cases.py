@@ -11,8 +11,8 @@ from comfy_http import ComfyClient, history_messages
 from sweep_support import MAIN_MODEL, Sweep
 from ws_events import WsEvents
 
-T2I, EDIT, UND, THINK = ("bagel_mot_text_to_image", "bagel_mot_image_edit", "bagel_mot_understand_image",
-                         "bagel_mot_think_then_generate")
+T2I, EDIT, UND, THINK = ("BAGEL-MoT Text to Image", "BAGEL-MoT Image Edit", "BAGEL-MoT Understand Image",
+                         "BAGEL-MoT Think then Generate")
 
 
 def checkpoint_folders(s: Sweep) -> None:

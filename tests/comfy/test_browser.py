@@ -155,7 +155,7 @@ def test_live_previews_reach_the_frontend(browser, start_comfy, which):
     server = start_comfy(_frontend_root(which), extra_args=("--preview-method", "auto"))
     _open_frontend(browser, server)
     browser.execute_script(COUNT_PREVIEWS_JS)
-    name = "bagel_mot_preview_latent_upscale"
+    name = "BAGEL-MoT Live Preview and Latent Upscale"
     report = browser.execute_async_script(LOAD_AND_CHECK_JS, load_workflow(name), FAST_WIDGETS)
     assert "exception" not in report and not report["missing"] and not report["mismatches"], report
     _poll(browser, "return window.__bagel.finished", 300, f"{name}: never finished")

@@ -70,7 +70,7 @@ def test_readme_main_command_runs_the_demo_workflow_twice(comfyui_path, tmp_path
         assert "BagelMoTTextToImage: 1024x1024, 50 steps -> 256x256, 20 steps" in report
         assert f'hf download ByteDance-Seed/BAGEL-7B-MoT --local-dir "{base / "models" / "bagel" / "BAGEL-7B-MoT"}"' \
             in report
-        assert f"Delete the demo checkpoint: {demo}" in report and "> bagel_mot_text_to_image" in report
+        assert f"Delete the demo checkpoint: {demo}" in report and "> BAGEL-MoT Text to Image," in report
         assert "tools/run_demo.py --comfyui" in report.split("Or run this demo again")[1]
         saved = re.findall(r"^Saved (.+\.png)$", report, flags=re.M)
         assert saved, report[-3000:]

@@ -25,7 +25,7 @@ return { state: window.__bagel, warning: widget?.value ?? null,
 
 
 def remote_workflow(url: str) -> dict:
-    workflow = copy.deepcopy(load_workflow("bagel_mot_text_to_image"))
+    workflow = copy.deepcopy(load_workflow("BAGEL-MoT Text to Image"))
     loader = next(node for node in workflow["nodes"] if node["type"] == "BagelMoTModelLoader")
     loader.update(type="BagelMoTRemoteModel", widgets_values=[url, "", 60, 2])
     loader["properties"]["Node name for S&R"] = "BagelMoTRemoteModel"

@@ -10,7 +10,7 @@ STEPS = 5
 
 
 def run_text_to_image(server, seed: int) -> tuple[str, list[dict]]:
-    prompt = make_fast(ui_to_api(load_workflow("bagel_mot_text_to_image"), server.client.object_info()))
+    prompt = make_fast(ui_to_api(load_workflow("BAGEL-MoT Text to Image"), server.client.object_info()))
     node_id = next(key for key, node in prompt.items() if node["class_type"] == "BagelMoTTextToImage")
     prompt[node_id]["inputs"].update(steps=STEPS, seed=seed)  # a new seed: never served from the cache
     events = WsEvents(server.url, server.client.client_id)
