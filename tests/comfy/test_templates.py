@@ -98,6 +98,7 @@ def _card(browser, name: str, timeout: float = 30) -> dict | None:
     return card
 
 
+@pytest.mark.slow  # the browser tier (README, 'Tests')
 @pytest.mark.parametrize("which", ["pinned", "latest"])
 def test_template_browser_lists_the_workflows_with_thumbnails(browser, start_comfy, which):
     server = start_comfy(_frontend_root(which))

@@ -16,7 +16,7 @@ def _setup_commands() -> list[str]:
 def test_readme_has_two_setup_commands_and_ci_runs_the_second():
     commands = _setup_commands()
     assert len(commands) == 2, commands
-    assert "python tools/run_demo.py --comfyui ../.." in commands[0]
+    assert "tools/run_demo.py --comfyui .." in commands[0]
     second = commands[1]
     assert second == "python -m pip install -r requirements-test.txt && COMFYUI_PATH=../.. python -m pytest tests"
     # .ci/run runs it with each ComfyUI's venv Python and source folder: the whole suite on 0.3.64, the ComfyUI
