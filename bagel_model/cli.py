@@ -12,20 +12,27 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 from safetensors.torch import save_file
 
+from .checkpoint.auto_precision import AUTO
+from .checkpoint.folder import read_json_config
+from .checkpoint.folder_check import check_bagel_folder
 from .checkpoint.memory import process_peak_rss_bytes
 from .checkpoint.precision_loading import quantize_folder
+from .checkpoint.quantization import check_precision
 from .errors import BagelError, BagelInputError
-from .generation.sampler import EDIT_DEFAULTS, GENERATE_DEFAULTS, RENORM_TYPES
-from .generation.step_cache import StepCacheSettings
+from .generation.images import check_image_size
+from .generation.sampler import EDIT_DEFAULTS, GENERATE_DEFAULTS, RENORM_TYPES, SamplerSettings
+from .generation.step_cache import StepCacheSettings, resolve_step_cache
 from .pipeline import BagelPipeline, BagelResult
 from .remote import RemoteBagelClient
-from .testing import make_test_checkpoint
+from .testing import is_random_checkpoint, make_test_checkpoint
 
 log = logging.getLogger("bagel_model")
 
 
 BATCH_CFG_CHOICES = {"auto": None, "on": True, "off": False}  # None: the pipeline decides per device
 REMOTE_KEY_ENV = "BAGEL_MOT_API_KEY"  # never a command-line argument: those show up in process lists
+SAMPLER_FIELDS = ("steps", "cfg_text_scale", "cfg_img_scale", "cfg_interval", "timestep_shift", "cfg_renorm_min",
+                  "cfg_renorm_type")
 
 def _common(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
@@ -35,9 +42,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
                              "any, is read from the BAGEL_MOT_API_KEY environment variable")
     parser.add_argument("--remote-timeout", type=float, default=600.0,
                         help="seconds to wait for the server's answer (with --remote)")
-    parser.add_argument("--precision", default="bf16",
-                        help="weight precision: bf16, fp16, fp32, nf4, int8, fp8_e4m3fn, or auto (the best that "
-                             "fits the device, docs/quantization.md)")
+    parser.add_argument("--precision", default=AUTO,
+                        help="weight precision: auto (the default: the best that fits the device, a pre-quantized "
+                             "folder in its own precision; docs/quantization.md), bf16, fp16, fp32, nf4, int8 or "
+                             "fp8_e4m3fn")
     parser.add_argument("--compute-dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda[:N], xpu[:N] or mps")
     parser.add_argument("--seed", type=int, default=0)
@@ -138,6 +146,36 @@ def _step_cache(args) -> StepCacheSettings | None:
                              args.step_cache_order)
 
 
+def _check_arguments(args) -> list[Image.Image]:
+    """Everything that can be refused from the command line, before a weight is read; returns the images."""
+    if args.model:
+        check_bagel_folder(args.model)
+        if args.precision != AUTO:
+            check_precision(args.precision)
+    images = _open_images(getattr(args, "image", None))
+    if args.command in ("generate", "edit"):
+        SamplerSettings(**{k: v for k, v in _sampler_kwargs(args).items() if k in SAMPLER_FIELDS}).validate()
+        resolve_step_cache(_step_cache(args))
+        if args.think:
+            _check_token_count("--max-think-tokens", args.max_think_tokens)
+    if args.command == "generate" and args.model:
+        config = read_json_config(args.model)  # the JSON files only: no weight file is opened
+        check_image_size(args.width, args.height, config.latent_downsample, config.max_image_side,
+                         config.max_latent_size)
+    if args.command == "understand":
+        _check_token_count("--max-new-tokens", args.max_new_tokens)
+        if args.do_sample and args.temperature <= 0:
+            raise BagelInputError(f"--temperature must be > 0 with --do-sample, got {args.temperature}.")
+    if args.command == "think":
+        _check_token_count("--max-think-tokens", args.max_think_tokens)
+    return images
+
+
+def _check_token_count(option: str, value: int) -> None:
+    if value < 1:
+        raise BagelInputError(f"{option} must be at least 1, got {value}.")
+
+
 def _backend(args):
     if args.remote:
         if getattr(args, "save_latent", None):
@@ -149,26 +187,29 @@ def _backend(args):
 
 
 def _run(args) -> BagelResult:
+    images = _check_arguments(args)
     pipe = _backend(args)
     if args.command == "understand":
-        return pipe.understand(_open_images(args.image), args.prompt, think=args.think,
-                               max_new_tokens=args.max_new_tokens, do_sample=args.do_sample,
-                               temperature=args.temperature, seed=args.seed)
+        return pipe.understand(images, args.prompt, think=args.think, max_new_tokens=args.max_new_tokens,
+                               do_sample=args.do_sample, temperature=args.temperature, seed=args.seed)
     if args.command == "generate":
         return pipe.generate_image(args.prompt, width=args.width, height=args.height, **_sampler_kwargs(args))
     if args.command == "edit":
-        return pipe.edit_image(_open_images(args.image), args.prompt, **_sampler_kwargs(args))
-    return pipe.think(args.prompt, images=_open_images(args.image), max_think_tokens=args.max_think_tokens,
-                      seed=args.seed)
+        return pipe.edit_image(images, args.prompt, **_sampler_kwargs(args))
+    return pipe.think(args.prompt, images=images, max_think_tokens=args.max_think_tokens, seed=args.seed)
 
 
-def _write_outputs(args, result: BagelResult, seconds: float) -> None:
+def _write_outputs(args, result: BagelResult, seconds: float) -> list[str]:
+    """Writes the image, latent and JSON summary asked for; returns one "what: where" line per file written."""
+    written = []
     out = getattr(args, "out", None)
     if out and result.images:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         result.images[0].save(out)
+        written.append(f"image: {Path(out).resolve()} ({result.images[0].width}x{result.images[0].height})")
     if getattr(args, "save_latent", None) and result.latents:
         save_file({"latent": result.latents[0].float().contiguous()}, args.save_latent)
+        written.append(f"latent: {Path(args.save_latent).resolve()}")
     if args.json:
         image = result.images[0] if result.images else None
         summary = {"text": result.text, "thinking": result.thinking, "token_ids": result.token_ids,
@@ -176,6 +217,26 @@ def _write_outputs(args, result: BagelResult, seconds: float) -> None:
                    "width": image.width if image else None, "height": image.height if image else None,
                    "seconds": round(seconds, 3), "peak_rss_mb": round(peak_rss_mb(), 1)}
         Path(args.json).write_text(json.dumps(summary, ensure_ascii=False, indent=2), encoding="utf-8")
+        written.append(f"summary: {Path(args.json).resolve()}")
+    return written
+
+
+def escape_control_characters(text: str) -> str:
+    """``text`` with every unprintable character but newlines and tabs written as its Python escape (``\\x07``),
+    so a random model's output cannot move the cursor or ring the terminal."""
+    return "".join(ch if ch in "\n\t" or ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
+def _report(args, result: BagelResult, written: list[str]) -> None:
+    """The text answer on stdout (escaped), then where each output went; a word about random weights."""
+    if result.text:
+        sys.stdout.write(escape_control_characters(result.text) + "\n")
+    for line in written:
+        sys.stdout.write(f"wrote {line}\n")
+    if args.model and is_random_checkpoint(args.model):
+        what = "the image is noise" if result.images else "the text is gibberish (control characters escaped)"
+        sys.stderr.write(f"note: {args.model} is a random test checkpoint (make-test-checkpoint): {what}. "
+                         f"Real weights: hf download ByteDance-Seed/BAGEL-7B-MoT --local-dir <folder>\n")
 
 
 def peak_rss_mb() -> float:
@@ -192,14 +253,14 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.write(f"{path}\n")
             return 0
         if args.command == "quantize":
+            check_bagel_folder(args.model)
             sys.stdout.write(f"{quantize_folder(args.model, args.out, args.precision, args.device)}\n")
             return 0
         start = time.perf_counter()
         result = _run(args)
-        _write_outputs(args, result, time.perf_counter() - start)
+        written = _write_outputs(args, result, time.perf_counter() - start)
     except BagelError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2
-    if result.text:
-        sys.stdout.write(result.text + "\n")
+    _report(args, result, written)
     return 0

@@ -11,16 +11,18 @@ import torch
 from PIL import Image
 
 from .checkpoint.auto_precision import AUTO, resolve_auto
+from .checkpoint.formats import describe_checkpoint
 from .generation.conditioning import Conditioning, ConditioningBuilder
 from .generation.denoise import denoise
 from .devices import resolve_batch_cfg, resolve_batch_images, resolve_compute_dtype, resolve_device
-from .errors import BagelCheckpointError, BagelInputError
+from .errors import BagelInputError
 from .text.framing import GEN_THINK_SYSTEM_PROMPT, VLM_THINK_SYSTEM_PROMPT, SpecialIds, extract_generated_text
 from .generation.image_batch import image_seeds, job_progress, shares_context
-from .generation.images import to_pil, to_unit_pixels, unpatchify_latent
+from .generation.images import check_image_size, to_pil, to_unit_pixels, unpatchify_latent
 from .generation.request_items import request_items
 from .checkpoint.memory import batch_cfg_fits
 from .oom import release_on_oom
+from .checkpoint.folder_check import check_bagel_folder
 from .checkpoint.precision_loading import load_with_precision
 from .checkpoint.quantization import check_precision
 from .checkpoint.prequantized import save_quantized
@@ -87,39 +89,45 @@ class BagelPipeline:
 
     @classmethod
     @release_on_oom
-    def from_pretrained(cls, path: str | Path, precision: str = "bf16", device: str = "auto",
+    def from_pretrained(cls, path: str | Path, precision: str = AUTO, device: str = "auto",
                         compute_dtype: str = "auto", *, available_memory: int | None = None,
                         check_memory: bool = True, operations=TorchOps,
-                        storage_device: str | torch.device | None = None) -> "BagelPipeline":
-        """``precision``: bf16, fp16, fp32, nf4, int8, fp8_e4m3fn (see checkpoint/quantization.py) or auto (the
-        best that fits in ``available_memory`` / the free memory of the device, checkpoint/auto_precision.py); a
-        pre-quantized folder loads directly. ``available_memory`` (bytes, None = measured free memory) bounds the
-        fit check. ``device`` is where the model computes; ``storage_device`` (default: ``device``) where its
-        weights are kept, for a host application that moves or streams them itself; ``operations`` its layer
-        classes."""
-        if not Path(path).is_dir():
-            raise BagelCheckpointError(
-                f"Model folder {path} does not exist. Put the BAGEL-7B-MoT files there or pass another folder.")
+                        storage_device: str | torch.device | None = None, vae_dirs=()) -> "BagelPipeline":
+        """``path``: a BAGEL folder or checkpoint file in any format checkpoint/formats.py recognises
+        (``vae_dirs``: where a single file's FLUX autoencoder may be). ``precision``: bf16, fp16, fp32, nf4,
+        int8, fp8_e4m3fn (see checkpoint/quantization.py) or auto (the best that fits in ``available_memory`` /
+        the free memory of the device, checkpoint/auto_precision.py); a checkpoint stored quantized loads in its
+        own precision. ``available_memory`` (bytes, None = measured free memory) bounds the fit check.
+        ``device`` is where the model computes; ``storage_device`` (default: ``device``) where its weights are
+        kept, for a host application that moves or streams them itself; ``operations`` its layer classes. Every argument is checked before the first weight is read."""
+        check_bagel_folder(path)  # a folder without llm_config.json is named as "not a BAGEL folder"
+        if precision != AUTO:
+            check_precision(precision)
+        source = describe_checkpoint(path, vae_dirs)  # reads headers only; fails naming what is missing
         target = resolve_device(device)
         storage = target if storage_device is None else resolve_device(storage_device)
         cdtype = resolve_compute_dtype(compute_dtype, target)
         if precision == AUTO:
-            precision = resolve_auto(path, target, cdtype, available_memory).precision
-        check_precision(precision)
+            precision = resolve_auto(path, target, cdtype, available_memory, vae_dirs).precision
         start = time.perf_counter()
-        tokenizer = Qwen2Tokenizer.from_folder(path)  # cheap: a missing file fails before the big read
+        tokenizer = Qwen2Tokenizer.from_folder(source.tokenizer_dir)  # cheap: a missing file fails before the big read
         _, model, vae = load_with_precision(path, precision, storage, cdtype, available_bytes=available_memory,
                                             check_memory=check_memory, operations=operations,
-                                            compute_device=target)
-        log.info("Loaded %s (%s weights, %s compute, %s) in %.1f s", path, precision, cdtype, target,
-                 time.perf_counter() - start)
+                                            compute_device=target, vae_dirs=vae_dirs)
+        log.info("Loaded %s: %s as %s (%s compute, %s) in %.1f s", path, source.describe(), precision, cdtype,
+                 target, time.perf_counter() - start)
         pipe = cls(model, vae, tokenizer, cdtype, Path(path), device=target)
         pipe.precision = precision
+        pipe.checkpoint_format = source.describe()
         return pipe
 
     def save_quantized(self, out_dir: str | Path) -> Path:
         """Writes a pre-quantized folder of this nf4/int8 pipeline that loads without re-quantizing."""
         return save_quantized(self.model.bagel, self.source, out_dir, getattr(self, "precision", "bf16"))
+
+    def __repr__(self) -> str:
+        return (f"BagelPipeline(source={str(self.source)!r}, format={getattr(self, 'checkpoint_format', '')!r}, "
+                f"precision={getattr(self, 'precision', '')!r})")
 
     @property
     def device(self) -> torch.device:
@@ -356,13 +364,8 @@ class BagelPipeline:
         return batch
 
     def _check_size(self, width: int, height: int) -> None:
-        stride, limit = self.config.latent_downsample, self.config.max_image_side
-        for name, value in (("width", width), ("height", height)):
-            if not isinstance(value, int) or value % stride or not stride <= value <= limit:
-                raise BagelInputError(
-                    f"{name}={value} is not supported: use a multiple of {stride} between {stride} and {limit} "
-                    f"(the model's latent grid is {self.config.max_latent_size}x{self.config.max_latent_size} "
-                    f"tokens of {stride} px).")
+        config = self.config
+        check_image_size(width, height, config.latent_downsample, config.max_image_side, config.max_latent_size)
 
 
 def split_thinking(text: str) -> tuple[str, str]:

@@ -1,7 +1,7 @@
 """Random checkpoints in the real BAGEL folder layout, for tests, benchmarks and the README demo.
 
 ``tiny`` runs each flow in seconds; ``small`` (~200 M parameters) has the full-size FLUX autoencoder and, when
-a copy is found, the real Qwen2.5 tokenizer; ``real`` has the dimensions of BAGEL-7B-MoT (14.6 B parameters:
+a copy is found (``find_qwen25_tokenizer``), the real Qwen2.5 tokenizer; ``real`` has the dimensions of BAGEL-7B-MoT (14.6 B parameters:
 meant for ``write_test_folder`` + weights made on a device, e.g. bench/gpu_check.py, not for a 29 GB file).
 Weights are random: the images are noise and the text gibberish.
 """
@@ -25,6 +25,10 @@ from .config import AEConfig
 from .model.embeddings import sincos_2d_table
 
 log = logging.getLogger(__name__)
+
+# The README.md every random folder gets; its first words are how ``is_random_checkpoint`` recognises one.
+RANDOM_README = ("Random BAGEL test checkpoint (not a real model). Made by "
+                 "`python -m bagel_model make-test-checkpoint`.\n")
 
 QWEN25_ADDED_TOKENS = (
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
@@ -59,16 +63,16 @@ PRESETS = {
 }
 
 
+# The team's fixed copy of the Qwen2.5 tokenizer files (vocab.json, merges.txt, tokenizer_config.json with
+# BAGEL's 22 added tokens), in the shared folder that CI keeps beside the repository.
+SHARED_QWEN25_TOKENIZER = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "qwen25_tokenizer"
+
+
 def find_qwen25_tokenizer() -> Path | None:
-    """A local copy of the Qwen2.5 tokenizer: $BAGEL_QWEN25_TOKENIZER, or the one ComfyUI ships when this
-    package sits inside ``ComfyUI/custom_nodes/<pack>/``. Files are only read, ComfyUI is not imported."""
-    candidates = [os.environ.get("BAGEL_QWEN25_TOKENIZER")]
-    here = Path(__file__).resolve()
-    candidates += [str(parent / "comfy" / "text_encoders" / "qwen25_tokenizer") for parent in here.parents]
-    comfy_root = os.environ.get("COMFYUI_PATH")
-    if comfy_root:
-        candidates.append(str(Path(comfy_root) / "comfy" / "text_encoders" / "qwen25_tokenizer"))
-    for candidate in candidates:
+    """A fixed local copy of the Qwen2.5 tokenizer: $BAGEL_QWEN25_TOKENIZER, else ../shared/fixtures/
+    qwen25_tokenizer beside the repository; None when neither exists. Never ComfyUI's copy: its
+    tokenizer_config.json changes between ComfyUI versions (0.33 renamed ids 151665-151668)."""
+    for candidate in (os.environ.get("BAGEL_QWEN25_TOKENIZER"), SHARED_QWEN25_TOKENIZER):
         if candidate and (Path(candidate) / "vocab.json").is_file() and (Path(candidate) / "merges.txt").is_file():
             return Path(candidate)
     return None
@@ -84,9 +88,21 @@ def write_test_folder(out_dir: str | Path, preset: str = "tiny",
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     source = Path(tokenizer_dir) if tokenizer_dir else (find_qwen25_tokenizer() if spec.real_tokenizer else None)
+    if spec.real_tokenizer and source is None:
+        log.warning("No Qwen2.5 tokenizer files found (set BAGEL_QWEN25_TOKENIZER to a folder with vocab.json and "
+                    "merges.txt); the %s checkpoint gets the built-in byte-level tokenizer.", preset)
     vocab_rows = _write_tokenizer(out, source)
     _write_configs(out, spec, vocab_rows)
     return out, source
+
+
+def is_random_checkpoint(folder: str | Path) -> bool:
+    """Whether ``folder`` was written by ``make_test_checkpoint`` / ``write_test_folder`` (random weights)."""
+    readme = Path(folder) / "README.md"
+    try:
+        return readme.is_file() and readme.read_text(encoding="utf-8").startswith(RANDOM_README.split(".")[0])
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def make_test_checkpoint(out_dir: str | Path, preset: str = "tiny", seed: int = 0,
@@ -118,8 +134,7 @@ def _write_configs(out: Path, spec: Preset, vocab_rows: int) -> None:
     ae["ch_mult"] = list(ae["ch_mult"])
     (out / "ae_config.json").write_text(json.dumps(ae, indent=2))
     # The official tables: the tensors' row counts carry max_latent_size=64 and vit side 70.
-    (out / "README.md").write_text("Random BAGEL test checkpoint (not a real model). Made by "
-                                   "`python -m bagel_model make-test-checkpoint`.\n")
+    (out / "README.md").write_text(RANDOM_README)
 
 
 def _write_tokenizer(out: Path, source: Path | None) -> int:

@@ -1,19 +1,28 @@
-"""ComfyUI's layer classes for the BAGEL core: the core's own layers (bagel_model/model/ops.py) with ComfyUI's
-streaming marker, so ModelPatcher can leave any of them on the offload device.
+"""ComfyUI's layer classes for the BAGEL core: the core's layers (bagel_model/model/ops.py) on ComfyUI's op
+classes, so ModelPatcher (and, on newer ComfyUI, Dynamic VRAM) can leave any of them on the offload device and
+ComfyUI's own cast moves them.
 
-Why subclasses of ours and not ComfyUI's classes as they are: their arithmetic differs from the one our golden
-parity tests pin (ComfyUI's RMSNorm rounds differently from Qwen2's; its Linear computes in the input dtype
-where ours casts input and weight to the model's compute dtype, as the official autocast does; its Embedding
-copies the whole table to the GPU for a few rows). So every class here keeps our ``forward`` and only routes
-``cast_weights`` through ``comfy.ops.cast_bias_weight`` when ComfyUI streams the layer (``comfy_cast_weights``,
-set by ModelPatcher for a layer past the budget) or patches its weights (``weight_function``). Where a ComfyUI
-class exists for the layer it is a base too, so ComfyUI code that checks ``isinstance(m, comfy.ops.*)``
-sees what it expects.
+Linear (98 % of the weights) runs ComfyUI's own ``forward`` whenever ComfyUI streams or patches the layer
+(``comfy_cast_weights``, set by ModelPatcher for a layer past the budget and by Dynamic VRAM for every layer;
+``weight_function``): its cast brings the weight to the input's device in the input's dtype, so casting the
+input to the model's compute dtype first gives exactly our arithmetic (``F.linear`` in the compute dtype, as
+the official autocast does), and ComfyUI's faulting, pinned memory, async offload and weight patches apply as
+each ComfyUI version does them. Resident, it runs the core's forward.
+
+The other layers keep our ``forward`` where ComfyUI's arithmetic differs from the one the golden parity tests
+pin (its RMSNorm rounds differently from Qwen2's; LayerNorm runs in fp32 on GPUs as the official autocast
+does; tables gather their rows where they live instead of copying a 1 GB vocabulary table for a few tokens;
+the NF4/INT8/FP8 Linears compute with their own kernels) and read their ``weight``/``bias`` through
+``comfy.ops.cast_bias_weight`` when ComfyUI streams or patches them: on ComfyUI versions that have it, in its
+``offloadable`` form, released with ``uncast_bias_weight`` when the computation is done (``use_weights``).
+Every read is reported to the core's transfer ledger (bagel_model/model/transfer_ledger.py).
 
 Two flavours, as ComfyUI's: ``disable_weight_init`` (cast only when streamed) and ``manual_cast`` (always through
 the cast path: weights stored in another dtype than the compute dtype).
 """
+import contextlib
 import functools
+import inspect
 
 import torch
 import torch.nn.functional as F
@@ -26,18 +35,62 @@ from bagel_model.model import ops as core_ops
 _COMFY_BASES = {"Linear": "Linear", "Embedding": "Embedding", "LayerNorm": "LayerNorm",
                 "GroupNorm": "GroupNorm", "Conv2d": "Conv2d", "RMSNorm": None, "PositionTable": None}
 
+# ComfyUI 0.33+: cast_bias_weight(..., offloadable=True) returns (weight, bias, state) and the caller releases
+# the copies (unpins Dynamic VRAM pages, lets the offload stream reuse its buffer) with uncast_bias_weight.
+# 0.3.64 has the two-value form only.
+OFFLOADABLE_CAST = ("offloadable" in inspect.signature(comfy.ops.cast_bias_weight).parameters
+                    and hasattr(comfy.ops, "uncast_bias_weight"))
+
 
 def _cast_by_comfy(layer) -> bool:
     return bool(layer.comfy_cast_weights or layer.weight_function or layer.bias_function)
 
 
+def _report(layer, device: torch.device) -> None:
+    """ComfyUI's cast reads ``weight`` and ``bias``: tell the transfer ledger."""
+    layer.report_read(layer.weight, device)
+    layer.report_read(layer.bias, device)
+
+
 class _ComfyCast:
-    """``cast_weights`` through ComfyUI's transfer code (offload stream, non-blocking copies, weight patches)."""
+    """``use_weights`` / ``cast_weights`` through ComfyUI's transfer code when ComfyUI streams or patches the
+    layer; the core's own read otherwise."""
+
+    @contextlib.contextmanager
+    def use_weights(self, x: torch.Tensor, dtype=None, bias_dtype=None):
+        if not _cast_by_comfy(self):
+            with super().use_weights(x, dtype, bias_dtype) as weights:
+                yield weights
+            return
+        _report(self, x.device)
+        kwargs = dict(device=x.device, dtype=dtype, bias_dtype=bias_dtype or dtype)
+        if not OFFLOADABLE_CAST:
+            yield comfy.ops.cast_bias_weight(self, **kwargs)
+            return
+        weight, bias, state = comfy.ops.cast_bias_weight(self, offloadable=True, **kwargs)
+        try:
+            yield weight, bias
+        finally:
+            comfy.ops.uncast_bias_weight(self, weight, bias, state)
 
     def cast_weights(self, x: torch.Tensor, dtype=None, bias_dtype=None):
-        if _cast_by_comfy(self):
-            return comfy.ops.cast_bias_weight(self, device=x.device, dtype=dtype, bias_dtype=bias_dtype or dtype)
-        return super().cast_weights(x, dtype, bias_dtype)
+        """For weights that must outlive a ``with`` block (the banded decoder's lazily computed rows): ComfyUI's
+        plain (legacy) cast, whose copies stay valid."""
+        if not _cast_by_comfy(self):
+            return super().cast_weights(x, dtype, bias_dtype)
+        _report(self, x.device)
+        return comfy.ops.cast_bias_weight(self, device=x.device, dtype=dtype, bias_dtype=bias_dtype or dtype)
+
+
+class _ComfyLinear(_ComfyCast):
+    """Streamed or patched: ComfyUI's own forward on the input in the compute dtype (see the module docstring)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not _cast_by_comfy(self):
+            return core_ops.Linear.forward(self, x)
+        x = x.to(self.compute_dtype)
+        _report(self, x.device)
+        return comfy.ops.disable_weight_init.Linear.forward(self, x)
 
 
 class _ComfyTable(_ComfyCast):
@@ -45,8 +98,8 @@ class _ComfyTable(_ComfyCast):
 
     def lookup(self, ids: torch.Tensor) -> torch.Tensor:
         if self.weight_function:
-            weight, _ = self.cast_weights(ids)
-            return F.embedding(ids, weight)
+            with self.use_weights(ids) as (weight, _):
+                return F.embedding(ids, weight)
         return super().lookup(ids)
 
 
@@ -56,7 +109,7 @@ def _namespace_name(always_cast: bool) -> str:
 
 def _layer_class(name: str, comfy_namespace, always_cast: bool) -> type:
     core_cls = getattr(core_ops, name)
-    mixin = _ComfyTable if name in ("Embedding", "PositionTable") else _ComfyCast
+    mixin = {"Embedding": _ComfyTable, "PositionTable": _ComfyTable, "Linear": _ComfyLinear}.get(name, _ComfyCast)
     comfy_name = _COMFY_BASES[name]
     marker = getattr(comfy_namespace, comfy_name) if comfy_name else comfy.ops.CastWeightBiasOp
     return type(name, (mixin, core_cls, marker), {"comfy_cast_weights": always_cast, "__module__": __name__,
@@ -67,8 +120,9 @@ def _layer_class(name: str, comfy_namespace, always_cast: bool) -> type:
 def _castable(cls: type, always_cast: bool) -> type:
     """A layer built outside the namespace (the NF4/INT8/FP8 Linears made at load time) with ComfyUI's marker.
     Those already read their tensors on the input's device per call; the marker lets ModelPatcher leave them
-    on the offload device. A core cast-at-use layer (FP8: ``cast_weights`` then its scale) also gets ComfyUI's
-    transfer code when streamed. Same class name: the core recognises quantized Linears by it."""
+    on the offload device; their ``weight``/``bias`` go through ComfyUI's transfer code when streamed (the scale,
+    block scales and row scales through the core's ``fetch``). Same class name: the core recognises quantized
+    Linears by it."""
     bases = (_ComfyCast, cls) if issubclass(cls, core_ops.CastAtUse) else (cls,)
     return type(cls.__name__, (*bases, comfy.ops.CastWeightBiasOp),
                 {"comfy_cast_weights": always_cast, "__module__": __name__})

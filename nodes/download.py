@@ -12,6 +12,7 @@ import comfy.utils
 from bagel_model.checkpoint.folder_check import describe_problems, incomplete_files
 
 from .model_folders import HF_REPO_ID
+from .progress import stop_if_cancelled
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ def _progress_tqdm_class(base):
 
         def update(self, n=1):
             result = super().update(n)
-            # ProgressBar.update runs ComfyUI's hook, which raises on Cancel.
+            stop_if_cancelled()  # checked here: newer ComfyUI calls its progress hook only now and then
             self._comfy_bar.update_absolute(int(self.n), max(1, int(self.total or 1)))
             return result
 

@@ -1,14 +1,18 @@
 """Loader node: a checkpoint folder from models/bagel + a precision -> BAGEL_MOT_MODEL."""
 import importlib.util
 import logging
+import os
 
 import torch
 
 import comfy.model_management as mm
 
+from bagel_model.checkpoint.dfloat11 import dfloat11_problem
 from bagel_model.checkpoint.folder_check import describe_problems, incomplete_files
+from bagel_model.checkpoint.formats import DFLOAT11, describe_checkpoint
 from bagel_model.checkpoint.quantization import storage_dtype
 from bagel_model.devices import resolve_compute_dtype
+from bagel_model.errors import BagelCheckpointError
 
 from . import model_folders
 from .comfy_ops import bagel_operations
@@ -41,7 +45,7 @@ def _precision_problem(precision) -> str | None:
     return None
 
 
-def _folder_problem(model_folder, download_if_missing) -> str | None:
+def _folder_problem(model_folder, download_if_missing, precision=None) -> str | None:
     if model_folder is None:
         return None
     if download_if_missing and model_folder == model_folders.DOWNLOAD_FOLDER_NAME:
@@ -49,9 +53,25 @@ def _folder_problem(model_folder, download_if_missing) -> str | None:
     path = model_folders.find_model_folder(model_folder) or model_folders.find_partial_folder(model_folder)
     if path is None:
         return model_folders.missing_folder_message(model_folder)
-    problems = incomplete_files(path)
-    return model_folders.incomplete_folder_message(model_folder, path, describe_problems(problems)) \
-        if problems else None
+    problems = incomplete_files(path) if os.path.isdir(path) else {}
+    if problems:
+        return model_folders.incomplete_folder_message(model_folder, path, describe_problems(problems))
+    return _format_problem(path, model_folder, precision)
+
+
+def _format_problem(path: str, model_folder: str, precision) -> str | None:
+    """What keeps a checkpoint of another format from loading (a single file's missing tokenizer or
+    autoencoder, a DFloat11 folder, a precision its stored weights cannot give), found from headers only."""
+    try:
+        source = describe_checkpoint(path, model_folders.vae_dirs())
+    except BagelCheckpointError as exc:
+        return str(exc)
+    if source.kind == DFLOAT11:
+        return dfloat11_problem(source.path, torch.cuda.is_available())
+    if source.held_precision and precision not in (None, AUTO, source.held_precision):
+        return (f"BAGEL '{model_folder}' stores its weights in {source.held_precision}; choose precision "
+                f"'{source.held_precision}' or 'auto' for it, or a bf16 checkpoint for '{precision}'.")
+    return None
 
 
 class BagelMoTModelLoader:
@@ -72,8 +92,11 @@ class BagelMoTModelLoader:
         return {
             "required": {
                 "model_folder": (model_folders.dropdown_choices(), {
-                    "tooltip": "A checkpoint folder inside models/bagel (or a 'bagel' path from "
-                               "extra_model_paths.yaml)."}),
+                    "tooltip": "A checkpoint in models/bagel (or a 'bagel' path from extra_model_paths.yaml): "
+                               "a folder (official, fine-tune, sharded, pre-quantized), 'folder/file' for "
+                               "another weights file in a folder (e.g. ema-FP8.safetensors), or a single "
+                               ".safetensors/.gguf file (its FLUX ae.safetensors from models/vae). The log "
+                               "names the format, precision and every file read."}),
                 "precision": (list(PRECISIONS), {
                     "default": AUTO,
                     "tooltip": "Weight format. auto picks the best that runs on this GPU (bf16, then "
@@ -92,20 +115,23 @@ class BagelMoTModelLoader:
 
     @classmethod
     def VALIDATE_INPUTS(cls, model_folder=None, precision=None, download_if_missing=None):
-        problems = (_folder_problem(model_folder, download_if_missing), _precision_problem(precision))
+        problems = (_folder_problem(model_folder, download_if_missing, precision), _precision_problem(precision))
         return next((problem for problem in problems if problem), True)
 
     def load(self, model_folder, precision, download_if_missing=False):
         from bagel_model import BagelPipeline
 
-        problem = _folder_problem(model_folder, download_if_missing) or _precision_problem(precision)
+        problem = _folder_problem(model_folder, download_if_missing, precision) or _precision_problem(precision)
         if problem:
             raise ValueError(problem)
         path = model_folders.find_model_folder(model_folder) or model_folders.find_partial_folder(model_folder)
-        if path is None or incomplete_files(path):  # _folder_problem let it through: download_if_missing is on
+        if path is None or (os.path.isdir(path) and incomplete_files(path)):  # download_if_missing is on
             path = download_checkpoint(path or model_folders.download_target_dir())
-        precision, _ = resolve_precision(path, model_folder, precision)
-        check_fits(path, model_folder, precision)
+        source = describe_checkpoint(path, model_folders.vae_dirs())
+        logger.info("BAGEL '%s' is a %s; it reads %s", model_folder, source.describe(),
+                    ", ".join(str(f) for f in source.files()))
+        precision, _ = resolve_precision(source, model_folder, precision)
+        check_fits(source, model_folder, precision)
         device, offload_device = mm.get_torch_device(), mm.unet_offload_device()
         compute_dtype = resolve_compute_dtype(comfy_compute_dtype(device), device)
         logger.info("Loading BAGEL checkpoint %s in %s onto %s (computing on %s in %s).", path, precision,
@@ -118,8 +144,8 @@ class BagelMoTModelLoader:
         pipeline = BagelPipeline.from_pretrained(
             path, precision=precision, device=str(device), storage_device=str(offload_device),
             compute_dtype=_DTYPE_NAMES[compute_dtype], check_memory=False,
-            operations=bagel_operations(storage_dtype(precision), compute_dtype))
-        vae = checkpoint_vae(path, pipeline.config.ae)
+            operations=bagel_operations(storage_dtype(precision), compute_dtype), vae_dirs=model_folders.vae_dirs())
+        vae = checkpoint_vae(source.ae_path, pipeline.config.ae)
         return (BagelMoTModel(pipeline, model_folder, precision), vae)
 
 

@@ -11,7 +11,6 @@ import logging
 
 import comfy.model_management as mm
 
-from bagel_model.checkpoint.folder import read_config
 from bagel_model.checkpoint.memory import estimate_memory
 from bagel_model.checkpoint.residency import COMFY_MIN_INFERENCE, COMFY_RESERVE
 
@@ -28,11 +27,11 @@ def _working(estimate) -> int:
     return max(estimate.kv_cache_bytes + estimate.activation_bytes, COMFY_MIN_INFERENCE) + COMFY_RESERVE
 
 
-def check_fits(folder_path: str, folder_name: str, precision: str) -> tuple[int, int]:
+def check_fits(source, folder_name: str, precision: str) -> tuple[int, int]:
     """Logs the estimate; raises ValueError with numbers when it cannot work on ComfyUI's devices.
 
     Returns (weight_bytes, working_bytes of a 1024x1024 text-to-image call)."""
-    config = read_config(folder_path)
+    config = source.read_config()  # a CheckpointSource (bagel_model/checkpoint/formats.py)
     device, offload = mm.get_torch_device(), mm.unet_offload_device()
     large, small = _estimate(config, precision, device, 1024), _estimate(config, precision, device, 512)
     capacity, host = int(mm.get_total_memory(device)), int(mm.get_total_memory(offload))

@@ -1,17 +1,26 @@
 """Where BAGEL checkpoints live: the `bagel` model folder of ComfyUI.
 
-BAGEL checkpoints are directories (configs, tokenizer, ema.safetensors, ae.safetensors), so the
-loader lists sub-folders rather than files (folder_paths.get_filename_list lists files only).
+The list holds, by content (bagel_model/checkpoint/formats.py, docs/checkpoints.md):
+* checkpoint folders (`BAGEL-7B-MoT`, a fine-tune like `BAGEL-RecA` whose weights file has another name, a
+  sharded or pre-quantized folder), by the `llm_config.json` every BAGEL folder ships;
+* `<folder>/<file>` for each further BAGEL weights file in such a folder (e.g. `BAGEL-7B-MoT/ema-FP8.safetensors`
+  put beside the official weights);
+* single files directly in models/bagel whose tensors are BAGEL's (`bagel_comfy_fp8.safetensors`, `.gguf`).
+So the name says which weights a choice reads; the loader logs every file it reads.
 """
 import logging
 import os
+from pathlib import Path
 
 import folder_paths
+
+from bagel_model.checkpoint.folder_check import HF_REPO_ID, download_command
+from bagel_model.checkpoint.formats import bagel_weight_files, describe_checkpoint
+from bagel_model.errors import BagelCheckpointError
 
 logger = logging.getLogger(__name__)
 
 FOLDER_KEY = "bagel"
-HF_REPO_ID = "ByteDance-Seed/BAGEL-7B-MoT"
 # Folder name the optional download creates; also always offered in the dropdown so a user
 # with an empty models/bagel/ can pick it together with "download if missing".
 DOWNLOAD_FOLDER_NAME = "BAGEL-7B-MoT"
@@ -30,15 +39,29 @@ def search_roots() -> list[str]:
 
 
 def list_model_folders() -> list[str]:
-    """Names of checkpoint folders under every registered root, in a stable order."""
+    """Checkpoint choices under every registered root (folders, folder/file, single files), in a stable order."""
     names = []
     for root in search_roots():
         if not os.path.isdir(root):
             continue
         for entry in sorted(os.listdir(root)):
-            if entry not in names and os.path.isfile(os.path.join(root, entry, MARKER_FILE)):
-                names.append(entry)
+            for name in _choices_of(Path(root), entry):
+                if name not in names:
+                    names.append(name)
     return names
+
+
+def _choices_of(root: Path, entry: str) -> list[str]:
+    path = root / entry
+    if path.is_file():
+        return [entry] if path in bagel_weight_files(root) else []
+    if not (path / MARKER_FILE).is_file():
+        return []
+    try:
+        default = describe_checkpoint(path).weights
+    except BagelCheckpointError:
+        default = []  # incomplete or ambiguous: the folder is still listed, the loader says what is wrong
+    return [entry] + [f"{entry}/{p.name}" for p in bagel_weight_files(path) if p not in default]
 
 
 def dropdown_choices() -> list[str]:
@@ -48,15 +71,25 @@ def dropdown_choices() -> list[str]:
     return names
 
 
+def _is_safe_name(name: str) -> bool:
+    parts = name.split("/") if name else []
+    return 1 <= len(parts) <= 2 and all(p and p not in (".", "..") and os.path.basename(p) == p for p in parts)
+
+
 def find_model_folder(name: str) -> str | None:
-    """Full path of the checkpoint folder `name`, or None when no root holds it."""
-    if not name or os.path.basename(name) != name or name in (".", ".."):
+    """Full path of the checkpoint `name` (a folder, `folder/file` or a file), or None when no root holds it."""
+    if not _is_safe_name(name):
         return None
     for root in search_roots():
-        candidate = os.path.join(root, name)
-        if os.path.isfile(os.path.join(candidate, MARKER_FILE)):
+        candidate = os.path.join(root, *name.split("/"))
+        if os.path.isfile(os.path.join(candidate, MARKER_FILE)) or os.path.isfile(candidate):
             return candidate
     return None
+
+
+def vae_dirs() -> list[str]:
+    """ComfyUI's VAE folders: where a single-file checkpoint's FLUX autoencoder (ae.safetensors) is looked for."""
+    return list(folder_paths.get_folder_paths("vae"))
 
 
 def find_partial_folder(name: str) -> str | None:
@@ -79,14 +112,15 @@ def incomplete_folder_message(name: str, path: str, problems: str) -> str:
     if name == DOWNLOAD_FOLDER_NAME:
         fix = "switch 'download_if_missing' on to finish the download"
     else:
-        fix = f"download the missing files again (huggingface-cli download {HF_REPO_ID} --local-dir \"{path}\")"
+        fix = f"download the missing files again ({download_command(path)})"
     return f"BAGEL model folder '{name}' ({path}) is incomplete: {problems}. To fix it, {fix}."
 
 
 def missing_folder_message(name: str) -> str:
-    roots = ", ".join(search_roots()) or "(none registered)"
+    roots = search_roots()
+    fetch = f" ({download_command(os.path.join(roots[0], name))})" if roots else ""
     return (
-        f"BAGEL model folder '{name}' was not found (looked for {name}/{MARKER_FILE} in: {roots}). "
-        f"Download {HF_REPO_ID} into one of these folders, or enable 'download_if_missing' "
-        f"with '{DOWNLOAD_FOLDER_NAME}' selected, then press R to refresh the list."
+        f"BAGEL model folder '{name}' was not found (looked for {name}/{MARKER_FILE} in: "
+        f"{', '.join(roots) or '(none registered)'}). Download {HF_REPO_ID} into one of these folders{fetch}, "
+        f"or enable 'download_if_missing' with '{DOWNLOAD_FOLDER_NAME}' selected, then press R to refresh the list."
     )

@@ -9,8 +9,13 @@ core's memory estimate); ComfyUI then keeps as much of them resident as fits and
 forward (every layer is a cast op, nodes/comfy_ops.py). During denoising only the gen expert is requested:
 ComfyUI frees room for it by offloading the und expert first, which then serves the image-marker rows
 from wherever it is. "Free model and node cache" and eviction by other models offload every group.
+
+Under Dynamic VRAM (ComfyUI 0.33+ with comfy-aimdo: ``CoreModelPatcher`` is ``ModelPatcherDynamic``) ComfyUI
+faults each layer in when it is used and streams in the order each group's ``get_dynamic_vram__units()``
+gives: one decoder (or SigLIP) layer after the other, as a forward uses them.
 """
 import logging
+import re
 
 import torch
 
@@ -25,8 +30,32 @@ logger = logging.getLogger(__name__)
 
 MODEL_TYPE = "BAGEL_MOT_MODEL"
 
-# Newer ComfyUI builds its own models with CoreModelPatcher (Dynamic VRAM when enabled); 0.3.64 has ModelPatcher.
-PATCHER_CLASS = getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)
+# A repeated block whose layers one forward uses together: a decoder layer (either expert), a SigLIP layer.
+_BLOCK = re.compile(r"^(language_model\.model\.layers\.\d+|vit_model\.vision_model\.encoder\.layers\.\d+)\.")
+# Used after the decoder layers: the final norms, lm_head and the latent output projection.
+_AFTER_DECODER = re.compile(r"^(language_model\.model\.norm|language_model\.lm_head|llm2vae)")
+
+
+def patcher_class():
+    """The class ComfyUI builds its own models with: ``CoreModelPatcher`` (``ModelPatcherDynamic`` when main.py
+    enabled Dynamic VRAM, which it decides after custom nodes may have been imported: read at each load),
+    ``ModelPatcher`` on ComfyUI 0.3.64, which has no CoreModelPatcher."""
+    return getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)
+
+
+def dynamic_vram_units(layers: list[tuple[str, torch.nn.Module]]) -> list[tuple[torch.nn.Module, ...]]:
+    """The group's layers in the order a forward uses them, as ComfyUI's Dynamic VRAM streaming units: one
+    unit per decoder (or SigLIP) layer, holding that layer's modules of this group, in layer order; before
+    them every other layer in model order (embeddings, ViT input, latent input), after them the final norms,
+    lm_head and llm2vae."""
+    before, blocks, after = {}, {}, {}
+    for name, layer in layers:
+        block = _BLOCK.match(name)
+        if block:
+            blocks.setdefault(block.group(1), []).append(layer)
+        else:
+            (after if _AFTER_DECODER.match(name) else before)[name] = [layer]
+    return [tuple(modules) for part in (before, blocks, after) for modules in part.values()]
 
 
 class WeightGroup(torch.nn.Module):
@@ -39,6 +68,12 @@ class WeightGroup(torch.nn.Module):
         super().__init__()
         self.group = name
         self.layers = torch.nn.ModuleDict({qualified.replace(".", "/"): layer for qualified, layer in layers})
+        self._units = dynamic_vram_units(layers)  # a plain list: not registered again as submodules
+
+    def get_dynamic_vram__units(self):
+        """ComfyUI's Dynamic VRAM (0.33+: ModelPatcherDynamic.load) streams the units it gets here in this
+        order: ``(units, last_units)``, each a list of modules or tuples of modules."""
+        return list(self._units), []
 
 
 def _largest_layer_bytes(groups: dict) -> int:
@@ -55,8 +90,9 @@ class BagelMoTModel:
         self.precision = precision
         groups = weight_groups(pipeline.model.bagel, pipeline.model.vae)
         load_device, offload_device = mm.get_torch_device(), mm.unet_offload_device()
-        self.patchers = {name: PATCHER_CLASS(WeightGroup(name, groups[name]), load_device=load_device,
-                                             offload_device=offload_device) for name in GROUPS}
+        patcher = patcher_class()
+        self.patchers = {name: patcher(WeightGroup(name, groups[name]), load_device=load_device,
+                                       offload_device=offload_device) for name in GROUPS}
         # A layer of a group that is not loaded is copied to the GPU for each forward: room for one.
         self.stream_bytes = _largest_layer_bytes(groups)
         self.working_memory_bytes = 0
@@ -96,4 +132,5 @@ class BagelMoTModel:
         mm.load_models_gpu(patchers, memory_required=self.working_memory_bytes)
 
     def __repr__(self) -> str:
-        return f"BagelMoTModel(folder={self.folder!r}, precision={self.precision!r})"
+        return (f"BagelMoTModel(folder={self.folder!r}, precision={self.precision!r}, "
+                f"format={getattr(self.pipeline, 'checkpoint_format', '')!r})")

@@ -38,7 +38,7 @@ def comfy_device_memory(device: torch.device):
                         host_available_bytes=int(mm.get_free_memory(cpu)))
 
 
-def resolve_precision(folder_path: str, folder_name: str, precision: str):
+def resolve_precision(source, folder_name: str, precision: str):
     """``precision`` unchanged, or for ``auto`` the core's choice for ComfyUI's device; logs why.
 
     Returns ``(precision, choice)``; ``choice`` (a ``PrecisionChoice``) is None for an explicit precision.
@@ -47,14 +47,11 @@ def resolve_precision(folder_path: str, folder_name: str, precision: str):
         return precision, None
     from bagel_model.checkpoint.auto_precision import choose_precision, log_choice, runnable_candidates
     from bagel_model.devices import resolve_compute_dtype
-    from bagel_model.checkpoint.folder import read_config, read_marker
 
     device = mm.get_torch_device()
-    marker = read_marker(folder_path)
-    config = read_config(folder_path)
+    config = source.read_config()
     choice = choose_precision(config, comfy_device_memory(device), device=str(device),
                               compute_dtype=resolve_compute_dtype("auto", device),
-                              candidates=runnable_candidates(),
-                              prequantized=None if marker is None else marker["precision"])
+                              candidates=runnable_candidates(), prequantized=source.held_precision)
     log_choice(choice, f"BAGEL '{folder_name}'")
     return choice.precision, choice

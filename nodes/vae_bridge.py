@@ -50,7 +50,7 @@ def checkpoint_vae(folder: Path, ae_config) -> comfy.sd.VAE:
     Test checkpoints with a smaller autoencoder (``ae_config.json``) are outside what ComfyUI detects from the
     weights; they get an explicit config, whose (legacy) model class has 1×1 quant convs, set to the identity.
     """
-    path = Path(folder) / AE_FILE
+    path = Path(folder) if Path(folder).is_file() else Path(folder) / AE_FILE  # a folder or the autoencoder file
     if not path.is_file():
         raise FileNotFoundError(f"The BAGEL checkpoint folder {folder} has no {AE_FILE}; the VAE output needs it. "
                                 "Re-download the checkpoint (it is part of BAGEL-7B-MoT).")

@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 from ..config import BagelConfig
-from .folder import read_config, read_marker
+from .formats import describe_checkpoint
 from .memory import GiB, available_memory, estimate_memory
 from .quantization import BITSANDBYTES_PRECISIONS, PRECISIONS
 from .residency import denoise_residency
@@ -178,15 +178,16 @@ def runnable_candidates(order: tuple[str, ...] = AUTO_ORDER) -> tuple[str, ...]:
 
 
 def resolve_auto(folder: str | Path, device: torch.device, compute_dtype: torch.dtype,
-                 available_bytes: int | None = None) -> PrecisionChoice:
+                 available_bytes: int | None = None, vae_dirs=()) -> PrecisionChoice:
     """``auto`` for the core loader, which places every weight on ``device`` itself (no streaming): the budget
-    is ``available_bytes`` or the memory free on ``device`` now."""
-    marker = read_marker(folder)
-    if marker is not None:
-        choice = choose_precision(BagelConfig(), DeviceMemory(0), prequantized=marker["precision"])
+    is ``available_bytes`` or the memory free on ``device`` now. A checkpoint stored quantized (ours or a
+    community fp8/int8 file) keeps its own precision."""
+    source = describe_checkpoint(folder, vae_dirs)
+    if source.held_precision is not None:
+        choice = choose_precision(BagelConfig(), DeviceMemory(0), prequantized=source.held_precision)
     else:
         total = available_memory(device) if available_bytes is None else int(available_bytes)
-        choice = choose_precision(read_config(folder), DeviceMemory(total), device=str(device),
+        choice = choose_precision(source.read_config(), DeviceMemory(total), device=str(device),
                                   compute_dtype=compute_dtype, candidates=runnable_candidates())
     log_choice(choice, str(folder))
     return choice

@@ -32,14 +32,20 @@ def read_config(folder: str | Path) -> BagelConfig:
     The official inference passes ``max_latent_size=64`` and ``vit_max_num_patch_per_side=70``; small test
     checkpoints use smaller tables, and the stored tables are the only place that records their size.
     """
+    return read_json_config(folder, **_table_sides_from_weights(Path(folder)))
+
+
+def read_json_config(folder: str | Path, **table_sides: int) -> BagelConfig:
+    """The config from the folder's JSON files alone (no weight file is opened): the position tables take the
+    official sides unless ``table_sides`` gives them. Enough to check a request before loading."""
     folder = Path(folder)
-    llm_json = _read_json(folder, LLM_CONFIG)
-    vit_json = _read_json(folder, VIT_CONFIG)
-    ae_json = _read_json(folder, AE_CONFIG) if (folder / AE_CONFIG).is_file() else {}
-    return BagelConfig.from_json(llm_json, vit_json, ae_json, **_table_sides_from_weights(folder))
+    llm_json = read_json(folder, LLM_CONFIG)
+    vit_json = read_json(folder, VIT_CONFIG)
+    ae_json = read_json(folder, AE_CONFIG) if (folder / AE_CONFIG).is_file() else {}
+    return BagelConfig.from_json(llm_json, vit_json, ae_json, **table_sides)
 
 
-def _read_json(folder: Path, name: str) -> dict:
+def read_json(folder: Path, name: str) -> dict:
     path = folder / name
     if not path.is_file():
         raise BagelCheckpointError(
@@ -58,7 +64,12 @@ def _table_sides_from_weights(folder: Path) -> dict:
         path = prequantized_weights_path(folder)  # a pre-quantized folder stores the same tables
         if path is None:
             return {}
-    header = read_header(path)
+    return table_sides(read_header(path), path)
+
+
+def table_sides(header: dict, source) -> dict:
+    """``max_latent_size`` / ``vit_max_num_patch_per_side`` from the position tables in a weights header
+    (``source``: the file or store, for the message)."""
     sides = {}
     for key, name in _TABLE_SIDES:
         if key in header:
@@ -66,7 +77,7 @@ def _table_sides_from_weights(folder: Path) -> dict:
             side = math.isqrt(rows)
             if side * side != rows:
                 raise BagelCheckpointError(
-                    f"{key} in {path} has {rows} rows, which is not a square grid; the file is not a BAGEL "
+                    f"{key} in {source} has {rows} rows, which is not a square grid; the file is not a BAGEL "
                     f"checkpoint.")
             sides[name] = side
     return sides

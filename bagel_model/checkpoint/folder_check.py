@@ -12,6 +12,7 @@ from pathlib import Path
 from ..errors import BagelCheckpointError
 from .folder import AE_FILE, LLM_CONFIG, VIT_CONFIG, WEIGHTS_FILE
 from .folder import MARKER_FILE as PREQUANTIZED_MARKER
+from .formats import describe_checkpoint
 from .safetensors_header import read_header
 
 # The tokenizer files text/tokenizer.py reads (checkpoint/ may not import text/): tokenizer.json when present,
@@ -20,6 +21,34 @@ TOKENIZER_JSON = "tokenizer.json"
 VOCAB_FILES = ("vocab.json", "merges.txt")
 # huggingface_hub keeps the part of a file it is still downloading here, inside the target folder.
 HF_PARTIAL_DOWNLOADS = Path(".cache") / "huggingface" / "download"
+HF_REPO_ID = "ByteDance-Seed/BAGEL-7B-MoT"
+# How many of a wrong folder's entries the "not a BAGEL folder" message names.
+_LISTED_ENTRIES = 6
+
+
+def download_command(folder: str | Path) -> str:
+    """The huggingface_hub (>= 1.0) command that fetches, or completes, the official checkpoint into ``folder``."""
+    return f'hf download {HF_REPO_ID} --local-dir "{folder}"'
+
+
+def check_bagel_folder(folder: str | Path) -> Path:
+    """The first check of a model folder, before anything in it is read: it exists and is a BAGEL folder at all
+    (``llm_config.json`` marks one). Whether it is complete is ``incomplete_files``' job."""
+    folder = Path(folder)
+    if folder.is_file():
+        return folder  # a single-file checkpoint: checkpoint/formats.py recognises it by its tensors
+    if not folder.is_dir():
+        raise BagelCheckpointError(
+            f"Model folder {folder} does not exist. Put the BAGEL-7B-MoT files there "
+            f"({download_command(folder)}) or pass another folder.")
+    if not (folder / LLM_CONFIG).is_file():
+        entries = sorted(entry.name for entry in folder.iterdir())
+        found = ", ".join(entries[:_LISTED_ENTRIES]) + (", ..." if len(entries) > _LISTED_ENTRIES else "")
+        raise BagelCheckpointError(
+            f"not a BAGEL folder: {folder} (expected {LLM_CONFIG}, {VIT_CONFIG}, {AE_FILE}, {WEIGHTS_FILE} and "
+            f"the tokenizer files; it holds {found or 'nothing'}). Pass the folder that holds the BAGEL-7B-MoT "
+            f"files, or download them into this one: {download_command(folder)}")
+    return folder
 
 
 def expected_files(folder: str | Path) -> list[str]:
@@ -32,7 +61,19 @@ def expected_files(folder: str | Path) -> list[str]:
         except (json.JSONDecodeError, UnicodeDecodeError):
             weights = WEIGHTS_FILE  # reported as unreadable below
     tokenizer = [TOKENIZER_JSON] if (Path(folder) / TOKENIZER_JSON).is_file() else list(VOCAB_FILES)
-    return [LLM_CONFIG, VIT_CONFIG, *tokenizer, AE_FILE, weights]
+    return [LLM_CONFIG, VIT_CONFIG, *tokenizer, AE_FILE, *_other_weights(Path(folder), weights)]
+
+
+def _other_weights(folder: Path, weights: str) -> list[str]:
+    """``[weights]``, or the weights file(s) of a folder that names them otherwise (a fine-tune's
+    ``model_bf16.safetensors``, shards of an index: checkpoint/formats.py); a folder with none keeps
+    ``ema.safetensors``, reported missing."""
+    if weights != WEIGHTS_FILE or (folder / WEIGHTS_FILE).is_file():
+        return [weights]
+    try:
+        return [p.name for p in describe_checkpoint(folder).weights]
+    except BagelCheckpointError:
+        return [weights]
 
 
 def file_problem(path: Path) -> str | None:

@@ -16,6 +16,8 @@ embedder, ``vae2llm``/``llm2vae`` and the ViT patch Linear keep bf16 for the rea
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
@@ -72,19 +74,20 @@ class Fp8Linear(CastAtUse, nn.Module):
         self.bias = nn.Parameter(torch.empty(out_features, dtype=torch.bfloat16, device=device),
                                  requires_grad=False) if bias else None
 
-    def scaled_weights(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Weight ``* scale_weight`` and bias in the compute dtype on ``x``'s device, for this one call."""
+    @contextmanager
+    def scaled_weights(self, x: torch.Tensor):
+        """Weight ``* scale_weight`` and bias in the compute dtype on ``x``'s device, valid inside the
+        ``with`` block (the host's cast copies are released when it ends)."""
         dtype = self.compute_dtype
-        weight, bias = self.cast_weights(x, dtype)
-        scale = self.stored("scale_weight").to(device=x.device, dtype=dtype)
-        # The fp8 -> compute-dtype conversion made a new tensor: scale it in place (one temporary, not two).
-        stored = self.stored("weight")
-        weight = weight.mul_(scale) if weight.data_ptr() != stored.data_ptr() else weight * scale
-        return weight, bias
+        with self.use_weights(x, dtype) as (weight, bias):
+            scale = self.fetch("scale_weight", x.device, dtype)
+            # The fp8 -> compute-dtype conversion made a new tensor: scale it in place (one temporary, not two).
+            stored = self.stored("weight")
+            yield (weight.mul_(scale) if weight.data_ptr() != stored.data_ptr() else weight * scale), bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight, bias = self.scaled_weights(x)
-        return nn.functional.linear(x.to(self.compute_dtype), weight, bias)
+        with self.scaled_weights(x) as (weight, bias):
+            return nn.functional.linear(x.to(self.compute_dtype), weight, bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, " \

@@ -2,9 +2,15 @@
 
 ``ema.safetensors`` is memory-mapped and read module by module: each tensor is converted (or handed to a
 quantizer) and moved to its device at once, so the full state dict never exists in host memory.
+
+The keys a folder must hold are those of the core skeleton (``TorchOps`` layers: ``checkpoint_layout``), not
+of the skeleton being filled: a host's layers may be built without tensors until they are loaded (ComfyUI's
+ops under Dynamic VRAM). Each layer receives its tensors with ``load_state_dict(..., assign=True)``, so a layer
+class decides how it takes them (the host's lazy layers, ``PositionTable``'s checkpoint name).
 """
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from typing import Callable
@@ -19,7 +25,7 @@ from ..model.autoencoder import AutoEncoder
 from ..model.bagel import Bagel
 from ..model.ops import TorchOps
 from .folder import AE_FILE, WEIGHTS_FILE, read_config
-from .safetensors_header import read_header
+from .tensor_store import store_header
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +40,18 @@ def build_skeleton(config: BagelConfig, operations=TorchOps) -> tuple[Bagel, Aut
         return Bagel(config, operations), AutoEncoder(config.ae, operations)
 
 
-def check_keys(module: nn.Module, header: dict, path: Path) -> None:
-    """Raises naming the first missing/unexpected key or wrong shape; the folder is in the message."""
-    expected = {name: tuple(t.shape) for name, t in module.state_dict().items()}
+@functools.lru_cache(maxsize=8)
+def checkpoint_layout(config: BagelConfig) -> tuple[dict, dict]:
+    """``({key: shape} of ema.safetensors, {key: shape} of ae.safetensors)`` for ``config``: the state dicts of
+    the core skeleton. Treat the dicts as read-only (cached)."""
+    model, vae = build_skeleton(config)
+    return ({k: tuple(t.shape) for k, t in model.state_dict().items()},
+            {k: tuple(t.shape) for k, t in vae.state_dict().items()})
+
+
+def check_keys(expected: dict, header: dict, path: Path) -> None:
+    """Raises naming the first missing/unexpected key or wrong shape; the folder is in the message.
+    ``expected``: {key: shape} (``checkpoint_layout``)."""
     missing = sorted(set(expected) - set(header))
     unexpected = sorted(set(header) - set(expected))
     problems = []
@@ -45,9 +60,9 @@ def check_keys(module: nn.Module, header: dict, path: Path) -> None:
     if unexpected:
         problems.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[:3]}")
     for name in sorted(set(expected) & set(header)):
-        if tuple(header[name]["shape"]) != expected[name]:
+        if tuple(header[name]["shape"]) != tuple(expected[name]):
             problems.append(f"{name} has shape {tuple(header[name]['shape'])} but the configs in "
-                            f"{path.parent} need {expected[name]}")
+                            f"{path.parent} need {tuple(expected[name])}")
             break
     if problems:
         raise BagelCheckpointError(
@@ -55,42 +70,70 @@ def check_keys(module: nn.Module, header: dict, path: Path) -> None:
             + "; ".join(problems) + ". Check that every file of the folder comes from the same BAGEL download.")
 
 
+def keys_by_layer(keys) -> dict[str, list[str]]:
+    """{layer name: [attribute key, ...]} of checkpoint keys ``<layer>.<attr>``."""
+    layers: dict[str, list[str]] = {}
+    for key in keys:
+        layer, _, attr = key.rpartition(".")
+        layers.setdefault(layer, []).append(attr)
+    return layers
+
+
+def assign_tensors(layer: nn.Module, tensors: dict) -> None:
+    """Gives ``layer`` its tensors (keys relative to the layer, checkpoint names), by assignment: no copy, the
+    layer class maps names and builds what it built lazily. Strict; never trained, so no gradients."""
+    layer.load_state_dict(tensors, strict=True, assign=True)
+    for param in layer.parameters(recurse=False):
+        param.requires_grad_(False)
+
+
 def load_module_weights(module: nn.Module, path: Path, device: torch.device, dtype: torch.dtype | None,
-                        linear_factory: LinearFactory | None = None) -> nn.Module:
+                        linear_factory: LinearFactory | None = None, expected: dict | None = None) -> nn.Module:
     """Fills a meta-device ``module`` from ``path`` (strict). Returns the (possibly replaced) module.
 
-    Float tensors are converted to ``dtype`` (None keeps the stored dtype). Each leaf module's tensors are
-    read together so a ``linear_factory`` (quantization) can replace a whole Linear at once.
+    ``expected``: {key: shape} the file must hold (default: ``module``'s own state dict, which is right for a
+    skeleton of core layers). Float tensors are converted to ``dtype`` (None keeps the stored dtype). Each
+    layer's tensors are read together so a ``linear_factory`` (quantization) can replace a whole Linear at once.
     """
-    header = read_header(path)
-    check_keys(module, header, path)
+    header = store_header(path)  # a file, or a TensorStore (shards, renamed or converted checkpoints)
+    if expected is None:
+        expected = {k: tuple(t.shape) for k, t in module.state_dict().items()}
+    check_keys(expected, header, path)
+    by_layer = keys_by_layer(expected)
+    unfilled = set(by_layer)
     try:
         for name, leaf in list(module.named_modules()):
-            own = dict(leaf.named_parameters(recurse=False)) | dict(leaf.named_buffers(recurse=False))
-            persistent = {k: v for k, v in own.items() if _key(name, k) in header}
-            if not persistent:
+            attrs = by_layer.get(name)
+            if not attrs:
                 continue
+            unfilled.discard(name)
             # One mapping per module: get_tensor returns views into a private mapping of the whole file and
             # every page read stays resident while the mapping lives, so a single mapping for the whole load
             # would grow the host RSS to the file size (29 GB) even when the weights go to a GPU or get
             # quantized. Closing it after each module keeps the host footprint at one module's tensors.
-            with safe_open(str(path), framework="pt", device="cpu") as reader:
-                tensors = {k: _convert(reader.get_tensor(_key(name, k)), device, dtype) for k in persistent}
+            with _open(path) as reader:
+                tensors = {k: _convert(reader.get_tensor(_key(name, k)), device, dtype) for k in attrs}
             replacement = linear_factory(name, leaf, tensors) if linear_factory else None
             if replacement is not None:
                 set_submodule(module, name, replacement)
                 continue
-            for attr, tensor in tensors.items():
-                requires_grad = False
-                setattr(leaf, attr, nn.Parameter(tensor, requires_grad=requires_grad)
-                        if attr in dict(leaf.named_parameters(recurse=False)) else tensor)
+            assign_tensors(leaf, tensors)
     except (OSError, SafetensorError) as exc:  # the file itself; anything else (an OOM) propagates unchanged
         if isinstance(exc, BagelCheckpointError):
             raise
         raise BagelCheckpointError(
             f"Reading {path} failed ({exc}); the file is probably corrupt: delete it and download it again.") \
             from exc
+    if unfilled:  # the skeleton lacks layers the checkpoint layout has: a host namespace built another model
+        raise BagelCheckpointError(f"The model built for {path} has no layer(s) {sorted(unfilled)[:3]}; the "
+                                   f"layer classes passed as `operations` do not build BAGEL's modules.")
     return module
+
+
+def _open(weights):
+    """A reader of one safetensors file (a path) or of a TensorStore (checkpoint/tensor_store.py)."""
+    return safe_open(str(weights), framework="pt", device="cpu") if isinstance(weights, (str, Path)) \
+        else weights.reader()
 
 
 def _key(module_name: str, attr: str) -> str:
@@ -130,7 +173,8 @@ def load_bagel(folder: str | Path, device: torch.device, dtype: torch.dtype,
     config = read_config(folder)
     required_files(folder)
     model, vae = build_skeleton(config, operations)
+    model_keys, vae_keys = checkpoint_layout(config)
     log.info("Loading %s to %s as %s", folder / WEIGHTS_FILE, device, dtype)
-    load_module_weights(model, folder / WEIGHTS_FILE, device, dtype, linear_factory)
-    load_module_weights(vae, folder / AE_FILE, device, torch.float32)
+    load_module_weights(model, folder / WEIGHTS_FILE, device, dtype, linear_factory, model_keys)
+    load_module_weights(vae, folder / AE_FILE, device, torch.float32, expected=vae_keys)
     return config, model.eval(), vae.eval()

@@ -16,19 +16,20 @@ import torch
 
 from ..config import BagelConfig
 from ..devices import resolve_device
-from ..errors import BagelCheckpointError, BagelInputError
+from ..errors import BagelInputError
 from ..model.ops import TorchOps
-from .folder import AE_FILE, WEIGHTS_FILE, read_config, read_marker
-from .loading import build_skeleton, load_bagel, load_module_weights
+from .folder import read_marker
+from .formats import describe_checkpoint
 from .memory import GiB, MemoryEstimate, available_memory, check_fits, estimate_memory
 from .quantization import (BITSANDBYTES_PRECISIONS, QUANTIZED_PRECISIONS, check_precision, import_bitsandbytes,
-                           linear_factory, probe_device, storage_dtype)
-from .prequantized import load_prequantized_weights, save_quantized
+                           probe_device, storage_dtype)
+from .prequantized import save_quantized
+from .source_loading import check_source_precision, load_source
 
 log = logging.getLogger(__name__)
 
 
-def _log_plan(folder: Path, precision: str, device: torch.device, estimate: MemoryEstimate, source: Path) -> None:
+def _log_plan(folder: Path, precision: str, device: torch.device, estimate: MemoryEstimate, source: str) -> None:
     weights = estimate.details["weights"]
     if precision in QUANTIZED_PRECISIONS:
         log.info("Loading %s to %s: %.2f GiB of Linears as %s (%s), %.2f GiB of other tensors as %s, "
@@ -39,19 +40,6 @@ def _log_plan(folder: Path, precision: str, device: torch.device, estimate: Memo
         log.info("Loading %s to %s: %.2f GiB of weights as %s, autoencoder %.2f GiB fp32", source, device,
                  weights["total"] / GiB, precision, estimate.autoencoder_bytes / GiB)
     log.info("Memory plan for a 1024x1024 text-to-image call: %s", estimate.summary())
-
-
-def _check_folder_precision(folder: Path, precision: str) -> dict | None:
-    marker = read_marker(folder)
-    if marker is not None and marker["precision"] != precision:
-        raise BagelInputError(
-            f"{folder} is a pre-quantized {marker['precision']} folder; load it with "
-            f"precision={marker['precision']!r}, or load the original BAGEL folder to use {precision}.")
-    if marker is None and not (folder / WEIGHTS_FILE).is_file():
-        raise BagelCheckpointError(
-            f"{WEIGHTS_FILE} is missing in the model folder {folder}. Download ByteDance-Seed/BAGEL-7B-MoT "
-            f"completely (about 29 GB) into this folder, or choose another folder.")
-    return marker
 
 
 def _check_memory(config: BagelConfig, precision: str, device: torch.device, compute_dtype: torch.dtype,
@@ -74,8 +62,11 @@ def _check_memory(config: BagelConfig, precision: str, device: torch.device, com
 def load_with_precision(folder: str | Path, precision: str, device: torch.device, compute_dtype: torch.dtype,
                         *, policy: str = "default", available_bytes: int | None = None,
                         check_memory: bool = True, operations=TorchOps,
-                        compute_device: torch.device | None = None):
+                        compute_device: torch.device | None = None, vae_dirs=()):
     """Returns ``(config, bagel, autoencoder)`` loaded on ``device`` in ``precision``.
+
+    ``folder``: any checkpoint path formats.py recognises (folder or file; ``vae_dirs``: where a single
+    file's autoencoder may be).
 
     ``operations``: the layer namespace the model is built with (see model/ops.py; fp8 Linears are
     ``operations.castable(Fp8Linear)``). ``compute_device``: the device the model will compute on when it
@@ -89,35 +80,22 @@ def load_with_precision(folder: str | Path, precision: str, device: torch.device
     """
     folder = Path(folder)
     check_precision(precision)
-    if not folder.is_dir():
-        raise BagelCheckpointError(f"Model folder {folder} does not exist.")
-    marker = _check_folder_precision(folder, precision)
+    source = describe_checkpoint(folder, vae_dirs)
+    check_source_precision(source, precision)
     compute_device = compute_device or device
     if precision in BITSANDBYTES_PRECISIONS:
         import_bitsandbytes(precision)
         probe_device(precision, compute_device, compute_dtype)
-    config = read_config(folder)
-    policy = policy if marker is None else marker.get("policy", policy)
+    config = source.read_config()
+    policy = policy if source.marker is None else source.marker.get("policy", policy)
     estimate = estimate_memory(config, precision, device=str(compute_device), compute_dtype=compute_dtype,
                                policy=policy)
-    source = folder / (marker["weights_file"] if marker else WEIGHTS_FILE)
-    _log_plan(folder, precision, device, estimate, source)
+    _log_plan(folder, precision, device, estimate, source.describe())
     if check_memory:
         _check_memory(config, precision, compute_device, compute_dtype, policy, estimate, available_bytes)
     start = time.perf_counter()
-    if marker is None:
-        factory = (linear_factory(precision, compute_dtype, policy, operations=operations,
-                                  quantize_device=compute_device)
-                   if precision in QUANTIZED_PRECISIONS else None)
-        config, model, vae = load_bagel(folder, device, storage_dtype(precision), factory, operations)
-    else:
-        if not (folder / AE_FILE).is_file():
-            raise BagelCheckpointError(f"{AE_FILE} is missing in the pre-quantized folder {folder}; copy it "
-                                       f"from the original BAGEL folder.")
-        model, vae = build_skeleton(config, operations)
-        load_prequantized_weights(model, source, device, precision, compute_dtype, operations)
-        load_module_weights(vae, folder / AE_FILE, device, torch.float32)
-        model, vae = model.eval(), vae.eval()
+    model, vae = load_source(source, config, precision, device, compute_dtype, policy=policy,
+                             operations=operations, compute_device=compute_device)
     _return_freed_heap_to_os()
     log.info("Weights of %s resident on %s after %.1f s", folder, device, time.perf_counter() - start)
     return config, model, vae

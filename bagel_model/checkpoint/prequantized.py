@@ -21,17 +21,17 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from torch import nn
 
 from ..errors import BagelCheckpointError, BagelInputError
 from ..model.ops import Linear, TorchOps
 from .fp8 import Fp8Linear, fill_fp8_linear, fp8_linear_tensors, is_fp8_linear
 from .folder import FORMAT_NAME, FORMAT_VERSION, MARKER_FILE, weights_file_name
-from .loading import set_submodule
+from .loading import assign_tensors, keys_by_layer, set_submodule
 from .quantization import (BITSANDBYTES_PRECISIONS, INT8_OUTLIER_THRESHOLD, NF4_BLOCKSIZE, QUANTIZED_PRECISIONS,
                            _linear_classes, import_bitsandbytes, is_quantized_linear, storage_dtype)
-from .safetensors_header import read_header
+from .tensor_store import open_store, store_header
 from .safetensors_writer import write_safetensors
 
 log = logging.getLogger(__name__)
@@ -115,10 +115,9 @@ def model_tensors_for_saving(model: nn.Module) -> list[tuple[str, torch.Tensor]]
             quantized_prefixes.append(name + ".")
             items.extend((f"{name}.{k}", v) for k, v in quantized_linear_tensors(module).items())
             continue
-        own = list(module.named_parameters(recurse=False))
-        own += [(k, b) for k, b in module.named_buffers(recurse=False)
-                if k not in module._non_persistent_buffers_set]
-        items.extend((f"{name}.{k}" if name else k, t) for k, t in own)
+        # The layer's own state dict entries: checkpoint names (PositionTable), persistent buffers only.
+        own = [(k, t) for k, t in module.state_dict(keep_vars=True).items() if "." not in k]
+        items.extend((f"{name}.{k}" if name else k, t.data) for k, t in own)
     return items
 
 
@@ -134,6 +133,10 @@ def save_quantized(model: nn.Module, source_folder: str | Path, out_dir: str | P
         raise BagelInputError(f"save_quantized needs precision {', '.join(QUANTIZED_PRECISIONS)}, not "
                               f"{precision!r}; load the model with one of them first.")
     source, out_dir = Path(source_folder), Path(out_dir)
+    if not source.is_dir():
+        raise BagelInputError(f"{source} is a single checkpoint file; a pre-quantized folder copies the configs, "
+                              f"tokenizer and autoencoder of a folder. Put the file in a BAGEL folder with "
+                              f"those files (or load that folder) and save again.")
     if out_dir.exists() and out_dir.resolve() == source.resolve():
         raise BagelInputError(f"The output folder {out_dir} is the model folder itself; choose a new folder.")
     count = sum(_is_layer_of(module, precision) for module in model.modules())
@@ -177,12 +180,17 @@ _QUANTIZED_MARKS = ("SCB", "scale_weight", _NF4_STATE_KEY)  # a Linear stored wi
 
 
 def load_prequantized_weights(module: nn.Module, path: Path, device: torch.device, precision: str,
-                              compute_dtype: torch.dtype, operations=TorchOps) -> nn.Module:
-    """Fills a meta-device ``Bagel`` from a pre-quantized weights file (strict: every key used, none missing)."""
-    header = read_header(path)
+                              compute_dtype: torch.dtype, operations=TorchOps, expected: dict | None = None) -> nn.Module:
+    """Fills a meta-device ``Bagel`` from a pre-quantized weights file (strict: every key used, none missing).
+    ``expected``: {key: shape} of the full-precision checkpoint (``loading.checkpoint_layout``; default: the
+    module's state dict), for the tensors that are not quantized Linears."""
+    header = store_header(path)  # a file, or a TensorStore (community fp8/int8 files, checkpoint/formats.py)
+    if expected is None:
+        expected = {k: tuple(t.shape) for k, t in module.state_dict().items()}
+    by_layer = keys_by_layer(expected)
     consumed: set[str] = set()
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as reader:
+        with open_store(path) as reader:
             for name, leaf in list(module.named_modules()):
                 prefix = f"{name}." if name else ""
                 if isinstance(leaf, Linear) and any(prefix + mark in header for mark in _QUANTIZED_MARKS):
@@ -192,10 +200,10 @@ def load_prequantized_weights(module: nn.Module, path: Path, device: torch.devic
                                                                               compute_dtype, operations))
                     consumed.update(keys)
                     continue
-                _assign_plain_tensors(leaf, prefix, header, reader, device, storage_dtype(precision), path)
-                consumed.update(prefix + k for k, _ in leaf.named_parameters(recurse=False))
-                consumed.update(prefix + k for k, _ in leaf.named_buffers(recurse=False)
-                                if k not in leaf._non_persistent_buffers_set)
+                attrs = by_layer.get(name, [])
+                _assign_plain_tensors(leaf, prefix, attrs, expected, header, reader, device,
+                                      storage_dtype(precision), path)
+                consumed.update(prefix + attr for attr in attrs)
     except (OSError, SafetensorError, KeyError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         # Errors of the file itself (unreadable, missing key, broken NF4 state); an OOM propagates unchanged.
         if isinstance(exc, (BagelCheckpointError, BagelInputError)):
@@ -211,21 +219,21 @@ def load_prequantized_weights(module: nn.Module, path: Path, device: torch.devic
     return module
 
 
-def _assign_plain_tensors(leaf: nn.Module, prefix: str, header: dict, reader, device: torch.device,
-                          dtype: torch.dtype, path: Path) -> None:
-    params = dict(leaf.named_parameters(recurse=False))
-    buffers = {k: b for k, b in leaf.named_buffers(recurse=False) if k not in leaf._non_persistent_buffers_set}
-    for attr, current in (params | buffers).items():
+def _assign_plain_tensors(leaf: nn.Module, prefix: str, attrs: list[str], expected: dict, header: dict, reader,
+                          device: torch.device, dtype: torch.dtype, path: Path) -> None:
+    tensors = {}
+    for attr in attrs:
         key = prefix + attr
         if key not in header:
             raise BagelCheckpointError(
                 f"{path} has no tensor {key}; the file is incomplete. Quantize the original folder again.")
-        if tuple(header[key]["shape"]) != tuple(current.shape):
+        if tuple(header[key]["shape"]) != tuple(expected[key]):
             raise BagelCheckpointError(
                 f"{key} in {path} has shape {tuple(header[key]['shape'])} but the configs need "
-                f"{tuple(current.shape)}; the folder mixes files of different models.")
+                f"{tuple(expected[key])}; the folder mixes files of different models.")
         tensor = reader.get_tensor(key)
         if tensor.is_floating_point():
             tensor = tensor.to(dtype)
-        tensor = tensor.to(device)
-        setattr(leaf, attr, nn.Parameter(tensor, requires_grad=False) if attr in params else tensor)
+        tensors[attr] = tensor.to(device)
+    if tensors:
+        assign_tensors(leaf, tensors)

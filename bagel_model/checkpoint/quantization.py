@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import BagelInputError
-from ..model.ops import Linear, TorchOps
+from ..model.ops import CastAtUse, Linear, TorchOps
 from .fp8 import Fp8Linear, is_fp8_linear, make_fp8_linear
 
 log = logging.getLogger(__name__)
@@ -138,23 +138,22 @@ def import_bitsandbytes(precision: str):
     return bitsandbytes
 
 
-def _on(tensor: torch.Tensor | None, device: torch.device, dtype: torch.dtype | None = None):
-    return None if tensor is None else tensor.to(device=device, dtype=dtype)
-
-
 @functools.lru_cache(maxsize=None)
 def _linear_classes():
     """The two quantized Linear classes, defined once bitsandbytes is importable.
 
     Both keep every tensor they need as a parameter or buffer of their own (NF4: packed weight, block scales,
     code; INT8: int8 weight and ``SCB`` row scales), so ``module.to(device)`` moves all of their memory (the
-    bitsandbytes modules keep some in side objects), and both read those tensors on the input's device per call:
-    a memory manager can leave them on the host and they are copied for that call (the ops.CastAtUse
-    contract; host applications add their streaming marker through ``operations.castable``).
+    bitsandbytes modules keep some in side objects), and both read those tensors on the input's device per call
+    (the ops.CastAtUse contract): ``weight`` and ``bias`` through ``use_weights``, which a host overrides to
+    stream them with its own transfer code (ComfyUI's cast: ``operations.castable``), the side tensors through
+    ``fetch``. A host's cast moves only ``weight``/``bias``; the side tensors are small next to the weight for
+    INT8 (one fp32 per row) but 1/8 of the packed weight for NF4 (one fp32 per 64 values): a host that keeps
+    buffers resident (ComfyUI's Dynamic VRAM) keeps those.
     """
     bnb = import_bitsandbytes("nf4")
 
-    class NF4Linear(nn.Module):
+    class NF4Linear(CastAtUse, nn.Module):
         """NF4 Linear (bitsandbytes' ``matmul_4bit``, blocks of ``NF4_BLOCKSIZE``) with the ops.Linear contract:
         input cast to ``compute_dtype``, output in it. The packed weight, the block scales (``absmax``) and the
         16-value code (``quant_map``) are plain tensors of the module; the ``QuantState`` is built per call.
@@ -165,6 +164,7 @@ def _linear_classes():
         """
 
         compute_dtype: torch.dtype = torch.float32
+        ledger_precision = "nf4"
 
         def __init__(self, in_features: int, out_features: int, dtype: torch.dtype = torch.bfloat16,
                      device=None):
@@ -182,21 +182,23 @@ def _linear_classes():
             """bitsandbytes' state of this weight (``weight_dtype``: the dtype it was quantized from), on ``device``."""
             device = device or self.absmax.device
             return bnb.functional.QuantState(
-                absmax=_on(self.absmax, device), shape=torch.Size((self.out_features, self.in_features)),
-                code=_on(self.quant_map, device), blocksize=NF4_BLOCKSIZE, quant_type="nf4", dtype=self.weight_dtype)
+                absmax=self.fetch("absmax", device), shape=torch.Size((self.out_features, self.in_features)),
+                code=self.fetch("quant_map", device), blocksize=NF4_BLOCKSIZE, quant_type="nf4",
+                dtype=self.weight_dtype)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             x = x.to(self.compute_dtype)
-            return bnb.matmul_4bit(x, _on(self.weight, x.device), bias=_on(self.bias, x.device, x.dtype),
-                                   quant_state=self.quant_state(x.device))
+            with self.use_weights(x, None, x.dtype) as (weight, bias):
+                return bnb.matmul_4bit(x, weight, bias=bias, quant_state=self.quant_state(x.device))
 
-    class Int8Linear(nn.Module):
+    class Int8Linear(CastAtUse, nn.Module):
         """LLM.int8 Linear (bitsandbytes' matmul, outlier threshold ``threshold``) with the ops.Linear
         contract. Unlike ``Linear8bitLt`` it keeps no tensors in a matmul state object (which ``.to()`` of a
         parent module does not move, so an offloaded model kept its device copy); the state is built per
         call from the module's own ``weight`` and ``SCB``."""
 
         compute_dtype: torch.dtype = torch.float32
+        ledger_precision = "int8"
 
         def __init__(self, in_features: int, out_features: int, threshold: float, device=None):
             super().__init__()
@@ -208,10 +210,11 @@ def _linear_classes():
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             x = x.to(self.compute_dtype)
-            state = bnb.MatmulLtState()
-            state.CB, state.SCB = _on(self.weight, x.device), _on(self.SCB, x.device)
-            state.threshold, state.has_fp16_weights, state.is_training = self.threshold, False, False
-            out = bnb.matmul(x, state.CB, bias=_on(self.bias, x.device, x.dtype), state=state)
+            with self.use_weights(x, None, x.dtype) as (weight, bias):
+                state = bnb.MatmulLtState()
+                state.CB, state.SCB = weight, self.fetch("SCB", x.device)
+                state.threshold, state.has_fp16_weights, state.is_training = self.threshold, False, False
+                out = bnb.matmul(x, state.CB, bias=bias, state=state)
             return out.to(self.compute_dtype)
 
     return bnb, NF4Linear, Int8Linear

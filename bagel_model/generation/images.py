@@ -7,7 +7,19 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..errors import BagelInputError
+
 MAX_PIXELS = 14 * 14 * 9 * 1024
+
+
+def check_image_size(width, height, stride: int, limit: int, grid: int) -> None:
+    """Refuses a generated size the latent grid cannot hold: each side a multiple of ``stride`` (pixels per
+    latent token) in ``stride..limit``; ``grid`` is the position table's side in tokens (for the message)."""
+    for name, value in (("width", width), ("height", height)):
+        if not isinstance(value, int) or value % stride or not stride <= value <= limit:
+            raise BagelInputError(
+                f"{name}={value} is not supported: use a multiple of {stride} between {stride} and {limit} "
+                f"(the model's latent grid is {grid}x{grid} tokens of {stride} px).")
 
 
 @dataclass(frozen=True)

@@ -87,8 +87,8 @@ def normalize_swish(part: torch.Tensor, norm: nn.GroupNorm, stats: Stats) -> tor
     b, c, rows, w = part.shape
     grouped = part.float().reshape(b, norm.num_groups, c // norm.num_groups, rows, w)
     normed = ((grouped - mean) * rstd).reshape(b, c, rows, w).to(part.dtype)
-    weight, bias = norm.cast_weights(part)  # a few hundred floats: cheap to fetch per band when streamed
-    return swish(normed * weight.view(1, c, 1, 1) + bias.view(1, c, 1, 1))
+    with norm.use_weights(part) as (weight, bias):  # a few hundred floats: cheap to fetch per band when streamed
+        return swish(normed * weight.view(1, c, 1, 1) + bias.view(1, c, 1, 1))
 
 
 def halo(r0: int, r1: int, height: int) -> tuple[int, int]:
@@ -114,13 +114,13 @@ def conv_band(source: RowSource, height: int, weights: ConvWeights, r0: int, r1:
 def conv3x3_rows(source: RowSource, height: int, conv: nn.Conv2d, out: torch.Tensor, band: int,
                  accumulate: bool = False) -> torch.Tensor:
     """``out = conv(input)`` (or ``out += …``) band by band; the weights are fetched once for all bands."""
-    weights = conv.cast_weights(out)
-    for r0 in range(0, height, band):
-        r1 = min(height, r0 + band)
-        if accumulate:
-            out[:, :, r0:r1] += conv_band(source, height, weights, r0, r1)
-        else:
-            out[:, :, r0:r1] = conv_band(source, height, weights, r0, r1)
+    with conv.use_weights(out) as weights:
+        for r0 in range(0, height, band):
+            r1 = min(height, r0 + band)
+            if accumulate:
+                out[:, :, r0:r1] += conv_band(source, height, weights, r0, r1)
+            else:
+                out[:, :, r0:r1] = conv_band(source, height, weights, r0, r1)
     return out
 
 
@@ -134,15 +134,15 @@ def resnet_block(block: ResnetBlock, x: RowMap | torch.Tensor, band_bytes: int =
     stats = x.stats(block.norm1, band)
     h, out = x.new_empty(out_channels), x.new_empty(out_channels)
     shortcut = getattr(block, "nin_shortcut", None)
-    conv1 = block.conv1.cast_weights(h)
-    for r0 in range(0, height, band):
-        r1 = min(height, r0 + band)
-        a, z = halo(r0, r1, height)
-        rows = x.rows(a, z)
-        h[:, :, r0:r1] = conv_rows(normalize_swish(rows, block.norm1, stats), conv1, r0, r1, a, z)
-        own = rows[:, :, r0 - a:r1 - a]
-        out[:, :, r0:r1] = shortcut(own) if shortcut is not None else own
-        del rows, own
+    with block.conv1.use_weights(h) as conv1:
+        for r0 in range(0, height, band):
+            r1 = min(height, r0 + band)
+            a, z = halo(r0, r1, height)
+            rows = x.rows(a, z)
+            h[:, :, r0:r1] = conv_rows(normalize_swish(rows, block.norm1, stats), conv1, r0, r1, a, z)
+            own = rows[:, :, r0 - a:r1 - a]
+            out[:, :, r0:r1] = shortcut(own) if shortcut is not None else own
+            del rows, own
     stats2 = RowMap.of(h).stats(block.norm2, band)
     # plain order is shortcut + h2: addition commutes, so accumulating into the shortcut is the same value
     return conv3x3_rows(lambda a, z: normalize_swish(h[:, :, a:z], block.norm2, stats2), height, block.conv2,
@@ -159,6 +159,8 @@ def upsampled(module: Upsample, x: torch.Tensor, band_bytes: int = BAND_BYTES) -
         return F.interpolate(x[:, :, first:(z + 1) // 2], scale_factor=2.0, mode="nearest")[
             :, :, a - 2 * first:z - 2 * first]
 
+    # The rows are computed after this function returns, so the weights outlive any ``with`` block: the
+    # plain cast (ComfyUI's legacy form) keeps them valid for as long as the RowMap lives.
     weights = module.conv.cast_weights(x)
 
     def rows(a: int, z: int) -> torch.Tensor:

@@ -14,31 +14,67 @@ them for that one call. A host application (the ComfyUI nodes) passes subclasses
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .transfer_ledger import ledger, tensor_bytes
 
-def _cast(tensor: torch.Tensor | None, device: torch.device, dtype: torch.dtype | None) -> torch.Tensor | None:
-    # .to() returns the tensor itself when it already has this device and dtype: no copy when resident.
-    return None if tensor is None else tensor.to(device=device, dtype=dtype)
+_PRECISION_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32",
+                    torch.float8_e4m3fn: "fp8_e4m3fn", torch.int8: "int8"}
 
 
 class CastAtUse:
     """Mixin for a layer whose tensors are read per call, on the input's device.
 
     ``stored(name)`` is the one place a layer's tensor is read (tests override it to prove that no other
-    code reads weights directly); ``cast_weights`` is what host applications override to stream.
+    code reads weights directly); ``fetch`` reads one tensor through it and reports the read to the transfer
+    ledger; ``use_weights`` / ``cast_weights`` are what host applications override to stream.
     """
+
+    # Stored format named in the transfer ledger; None: the weight's dtype (bf16, fp16, fp32 ...).
+    ledger_precision: str | None = None
 
     def stored(self, name: str) -> torch.Tensor | None:
         return getattr(self, name, None)
 
+    def stored_precision(self) -> str:
+        if self.ledger_precision:
+            return self.ledger_precision
+        weight = getattr(self, "weight", None)
+        return "none" if weight is None else _PRECISION_NAMES.get(weight.dtype, str(weight.dtype))
+
+    def report_read(self, tensor: torch.Tensor | None, device: torch.device, nbytes: int | None = None) -> None:
+        """Tells the transfer ledger that ``tensor`` (or ``nbytes`` of it) is read for a computation on
+        ``device``."""
+        if tensor is not None:
+            ledger.record(type(self).__name__, self.stored_precision(),
+                          tensor_bytes(tensor) if nbytes is None else nbytes, tensor.device != device)
+
+    def fetch(self, name: str, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor | None:
+        """Stored tensor ``name`` on ``device`` in ``dtype`` (None keeps it), reported to the ledger as a read
+        from where the layer holds it (its attribute: a test's ``stored`` may serve the values from elsewhere).
+        ``.to()`` returns the tensor itself when it already has this device and dtype: no copy when resident."""
+        tensor = self.stored(name)
+        if tensor is None:
+            return None
+        held = getattr(self, name, None)
+        self.report_read(tensor if held is None else held, device)
+        return tensor.to(device=device, dtype=dtype)
+
     def cast_weights(self, x: torch.Tensor, dtype: torch.dtype | None = None,
                      bias_dtype: torch.dtype | None = None):
         """(weight, bias) on ``x``'s device; ``dtype`` None keeps the stored dtype."""
-        return (_cast(self.stored("weight"), x.device, dtype),
-                _cast(self.stored("bias"), x.device, bias_dtype or dtype))
+        return self.fetch("weight", x.device, dtype), self.fetch("bias", x.device, bias_dtype or dtype)
+
+    @contextmanager
+    def use_weights(self, x: torch.Tensor, dtype: torch.dtype | None = None,
+                    bias_dtype: torch.dtype | None = None):
+        """``cast_weights`` for the duration of a ``with`` block: a host that streams may release (unpin,
+        evict) the copies when the block ends, so the tensors must not be used after it."""
+        yield self.cast_weights(x, dtype, bias_dtype)
 
 
 class Linear(CastAtUse, nn.Linear):
@@ -52,42 +88,60 @@ class Linear(CastAtUse, nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = self.compute_dtype
-        weight, bias = self.cast_weights(x, dtype)
-        return F.linear(x.to(dtype), weight, bias)
+        with self.use_weights(x, dtype) as (weight, bias):
+            return F.linear(x.to(dtype), weight, bias)
 
 
 class Embedding(CastAtUse, nn.Embedding):
     """Token table: rows are gathered where the table lives and only those rows move to the ids' device
     (streaming a 1 GB vocabulary table to look up a few tokens would be wasteful)."""
 
-    table = "weight"
-
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.bias = None  # host cast helpers read .bias of every layer
 
     def lookup(self, ids: torch.Tensor) -> torch.Tensor:
-        table = self.stored(self.table)
-        return F.embedding(ids.to(table.device), table).to(ids.device)
+        table = self.stored("weight")
+        rows = F.embedding(ids.to(table.device), table)
+        # Only the gathered rows are read and moved; reported from where the layer holds its table.
+        self.report_read(getattr(self, "weight", None), ids.device, tensor_bytes(rows))
+        return rows.to(ids.device)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.lookup(ids)
 
 
 class PositionTable(CastAtUse, nn.Module):
-    """A fixed sin-cos table stored in the checkpoint as ``pos_embed`` (looked up, never learned)."""
+    """A fixed sin-cos table (looked up, never learned), held as ``weight`` like every other layer's main
+    tensor (hosts such as ComfyUI read ``weight``/``bias`` of every streamable layer) and stored in the
+    checkpoint as ``pos_embed``: the state dict uses the checkpoint name (``checkpoint_names``)."""
 
-    table = "pos_embed"
+    checkpoint_names = {"weight": "pos_embed"}
 
     def __init__(self, side: int, width: int, device=None, dtype=None):
         super().__init__()
         self.side = side
-        self.pos_embed = nn.Parameter(torch.zeros(side * side, width, device=device, dtype=dtype),
-                                      requires_grad=False)
+        self.weight = nn.Parameter(torch.zeros(side * side, width, device=device, dtype=dtype),
+                                   requires_grad=False)
         self.bias = None
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        destination[prefix + "pos_embed"] = destination.pop(prefix + "weight")
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        if prefix + "pos_embed" in state_dict:
+            state_dict[prefix + "weight"] = state_dict.pop(prefix + "pos_embed")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     lookup = Embedding.lookup
     forward = Embedding.forward
+
+
+def checkpoint_name(layer: nn.Module, attr: str) -> str:
+    """The checkpoint key suffix of a layer's attribute (equal to the attribute name except for
+    ``PositionTable.weight``, stored as ``pos_embed``)."""
+    return getattr(layer, "checkpoint_names", {}).get(attr, attr)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -106,7 +160,8 @@ class RMSNorm(CastAtUse, nn.Module):
 
     def forward(self, x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
         """``dtype``: the dtype the weight is cast to (default: the input's)."""
-        return rms_norm(x, self.cast_weights(x, dtype or x.dtype)[0], self.eps)
+        with self.use_weights(x, dtype or x.dtype) as (weight, _):
+            return rms_norm(x, weight, self.eps)
 
 
 def reduces_in_fp32(x: torch.Tensor) -> bool:
@@ -123,20 +178,20 @@ class LayerNorm(CastAtUse, nn.LayerNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = torch.float32 if reduces_in_fp32(x) else x.dtype
-        weight, bias = self.cast_weights(x, dtype)
-        return F.layer_norm(x.to(dtype), self.normalized_shape, weight, bias, self.eps)
+        with self.use_weights(x, dtype) as (weight, bias):
+            return F.layer_norm(x.to(dtype), self.normalized_shape, weight, bias, self.eps)
 
 
 class GroupNorm(CastAtUse, nn.GroupNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight, bias = self.cast_weights(x)
-        return F.group_norm(x, self.num_groups, weight, bias, self.eps)
+        with self.use_weights(x) as (weight, bias):
+            return F.group_norm(x, self.num_groups, weight, bias, self.eps)
 
 
 class Conv2d(CastAtUse, nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight, bias = self.cast_weights(x)
-        return self._conv_forward(x, weight, bias)
+        with self.use_weights(x) as (weight, bias):
+            return self._conv_forward(x, weight, bias)
 
 
 class TorchOps:

@@ -14,6 +14,8 @@ PACK_FOLDER_NAME = "ComfyUI-BagelMoT"
 MAIN_MODEL_NAME = "BAGEL-7B-MoT"  # the name the bundled workflows select
 EXTRA_MODEL_NAME = "BAGEL-extra-path"  # reachable only through extra_model_paths.yaml
 EXAMPLE_IMAGE_SIZE = (96, 64)  # small LoadImage input: keeps edit runs short on the CPU
+# ComfyUI 0.33 imports much more at start-up than 0.3.64; on a busy 2-core machine it once needed over 120 s.
+START_TIMEOUT_S = 300
 
 
 def free_port() -> int:
@@ -63,10 +65,10 @@ class ComfyServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.client = ComfyClient(self.url)
         try:
-            self.client.wait_until_ready(process=self.process)
-        except Exception:
+            self.client.wait_until_ready(timeout=START_TIMEOUT_S, process=self.process)
+        except Exception as error:
             self.stop()
-            raise RuntimeError(f"ComfyUI did not start; log:\n{self.log_text()[-4000:]}") from None
+            raise RuntimeError(f"ComfyUI did not start ({error}); log:\n{self.log_text()[-4000:]}") from None
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -1,7 +1,7 @@
 """Fixtures for the tests that need ComfyUI (COMFYUI_PATH = a ComfyUI source folder).
 
-Without COMFYUI_PATH these tests skip locally but FAIL under CI=true, so a CI run can never pass
-by silently skipping them.
+Without COMFYUI_PATH these tests skip (with the reason) locally but FAIL under CI=true, so a CI run can never
+pass by skipping them. The slow tier (tests marked `slow`) is gated in tests/conftest.py.
 """
 import asyncio
 import os
@@ -30,7 +30,8 @@ def require(condition: bool, reason: str) -> None:
 def comfyui_path() -> Path:
     raw = os.environ.get("COMFYUI_PATH", "")
     require(bool(raw) and (Path(raw) / "main.py").is_file(),
-            f"COMFYUI_PATH must point to a ComfyUI source folder with main.py (got {raw!r})")
+            f"COMFYUI_PATH must point to a ComfyUI source folder with main.py (got {raw!r}); "
+            "e.g. COMFYUI_PATH=../.. from ComfyUI/custom_nodes/<this pack>, or run bash .ci/run")
     path = Path(raw).resolve()
     # ComfyUI's own `nodes` module must win over this repository's `nodes/` package.
     if str(path) not in sys.path:
@@ -85,3 +86,29 @@ def start_comfy(comfyui_path, tiny_checkpoint, tmp_path_factory):
 @pytest.fixture(scope="session")
 def server(start_comfy):
     return start_comfy()
+
+
+@pytest.fixture()
+def progress_updates(comfy_nodes, monkeypatch):
+    """Every update the code under test gives ComfyUI's ProgressBar, as (value, total, preview), in order.
+
+    Recorded at ProgressBar.update_absolute, not at ComfyUI's progress hook: newer ComfyUI calls the hook only
+    on the first and last update, with a preview, or after 0.1 s and 0.5 %, so hook calls cannot be counted.
+    Set `progress_updates.on_update = fn(value, total)` to act (e.g. press Cancel) at an update.
+    """
+    import comfy.utils
+
+    class Updates(list):
+        on_update = None
+
+    updates = Updates()
+    original = comfy.utils.ProgressBar.update_absolute
+
+    def update_absolute(bar, value, total=None, preview=None):
+        updates.append((value, bar.total if total is None else total, preview))
+        if updates.on_update is not None:
+            updates.on_update(value, bar.total if total is None else total)
+        return original(bar, value, total, preview)
+
+    monkeypatch.setattr(comfy.utils.ProgressBar, "update_absolute", update_absolute)
+    return updates

@@ -12,6 +12,8 @@ import pytest
 from conftest import require
 from workflow_cases import FAST_WIDGETS, TEXT_NODE_TYPES, WORKFLOW_NAMES, load_workflow
 
+pytestmark = pytest.mark.slow  # the browser tier (README, 'Tests')
+
 PREVIEW_WIDGET_NAME = "bagel_mot_text"
 FRONTENDS = ["pinned", "latest"]
 
@@ -71,7 +73,10 @@ def _frontend_root(which: str) -> str | None:
         return None
     root = os.environ.get("COMFYUI_FRONTEND_LATEST", "")
     require(bool(root) and os.path.isfile(os.path.join(root, "index.html")),
-            f"COMFYUI_FRONTEND_LATEST must be a frontend 'static' folder (got {root!r})")
+            f"the newest-frontend browser tests need COMFYUI_FRONTEND_LATEST = the 'static' folder of the newest "
+            f"comfyui-frontend-package (got {root!r}). Provide it with: python -m pip install --no-deps --target "
+            f"/tmp/frontend-latest comfyui-frontend-package && export "
+            f"COMFYUI_FRONTEND_LATEST=/tmp/frontend-latest/comfyui_frontend_package/static (.ci/run does this)")
     return root
 
 
@@ -81,10 +86,11 @@ def browser():
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
     except ImportError:
-        require(False, "selenium is not installed")
+        require(False, "the browser tests need selenium: python -m pip install -r requirements-test.txt")
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     driver_path = shutil.which("chromedriver")
-    require(bool(chromium and driver_path), "chromium and chromedriver are needed for the browser test")
+    require(bool(chromium and driver_path), "the browser tests need chromium and chromedriver on PATH (Debian/Ubuntu: "
+                                            "apt-get install chromium chromium-driver)")
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -149,7 +155,7 @@ def test_live_previews_reach_the_frontend(browser, start_comfy, which):
     server = start_comfy(_frontend_root(which), extra_args=("--preview-method", "auto"))
     _open_frontend(browser, server)
     browser.execute_script(COUNT_PREVIEWS_JS)
-    name = "bagel_mot_preview_latent_upscale"
+    name = "BAGEL-MoT Live Preview and Latent Upscale"
     report = browser.execute_async_script(LOAD_AND_CHECK_JS, load_workflow(name), FAST_WIDGETS)
     assert "exception" not in report and not report["missing"] and not report["mismatches"], report
     _poll(browser, "return window.__bagel.finished", 300, f"{name}: never finished")

@@ -6,6 +6,8 @@ import pytest
 from test_browser import FRONTENDS, _frontend_root, _open_frontend, browser  # noqa: F401 (browser: fixture)
 from workflow_cases import load_workflow
 
+pytestmark = pytest.mark.slow  # the browser tier (README, 'Tests')
+
 NEW_NODES_JS = """
 const app = window.comfyAPI.app.app;
 const controls = {};
@@ -35,7 +37,7 @@ def test_greedy_text_nodes_start_with_a_fixed_seed(browser, start_comfy, which):
                                                      "BagelMoTEdit"])
     assert controls == {"BagelMoTUnderstand": "fixed", "BagelMoTThink": "fixed",
                         "BagelMoTTextToImage": "randomize", "BagelMoTEdit": "randomize"}
-    workflow = load_workflow("bagel_mot_think_then_generate")
+    workflow = load_workflow("BAGEL-MoT Think then Generate")
     think = next(node for node in workflow["nodes"] if node["type"] == "BagelMoTThink")
     think["widgets_values"][think["widgets_values"].index("fixed")] = "randomize"
     assert browser.execute_async_script(LOADED_CONTROL_JS, workflow) == "randomize"

@@ -106,4 +106,4 @@ def test_other_incomplete_folders_are_never_downloaded_into(loader_and_root, tin
     loader, root = loader_and_root
     folder = _partial_copy(tiny_checkpoint, root / "my-bagel")
     message = loader.VALIDATE_INPUTS("my-bagel", "bf16", True)
-    assert "is incomplete" in message and f'--local-dir "{folder}"' in message
+    assert "is incomplete" in message and f'hf download ByteDance-Seed/BAGEL-7B-MoT --local-dir "{folder}"' in message

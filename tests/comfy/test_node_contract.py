@@ -125,30 +125,42 @@ def test_think_plan_gives_same_image_as_integrated_think(ours, model):
     assert torch.equal(via_nodes[0], integrated.pixels[0])
 
 
-def test_progress_reports_every_step_and_cancel_stops_within_one(ours, model, monkeypatch):
+def test_progress_reports_every_step_and_cancel_stops_within_one(ours, model, progress_updates):
     import comfy.model_management as mm
-    import comfy.utils
 
-    updates = []
-    monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK", lambda value, total, preview, node_id=None:
-                        updates.append((value, total)))
     ours["BagelMoTTextToImage"]().generate(model, "a cat", 32, 32, seed=1, batch_size=2, **FAST)
     # The 2 images are denoised in lockstep: one update per denoise step, ending at 100 %.
-    value, total = updates[-1]
-    assert value == total and len(updates) == total == FAST["steps"] - 1
+    value, total, _ = progress_updates[-1]
+    assert value == total and len(progress_updates) == total == FAST["steps"] - 1
 
-    def interrupt_after_two(value, total, preview, node_id=None):
-        updates.append(value)
-        if len(updates) == 2:
-            mm.interrupt_current_processing(True)
+    def cancel_at_the_second_step(value, total):
+        if len(progress_updates) == 2:
+            mm.interrupt_current_processing(True)  # what ComfyUI's Cancel button does; no progress hook involved
 
-    updates.clear()
-    monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK", interrupt_after_two)
+    progress_updates.clear()
+    progress_updates.on_update = cancel_at_the_second_step
     with pytest.raises(mm.InterruptProcessingException):
         ours["BagelMoTTextToImage"]().generate(model, "a cat", 32, 32, seed=1, batch_size=1,
                                                **dict(FAST, steps=10))
-    assert len(updates) == 2 and not mm.processing_interrupted()
+    assert len(progress_updates) == 2 and not mm.processing_interrupted()  # stopped at the very next step
+    progress_updates.on_update = None
     assert ours["BagelMoTTextToImage"]().generate(model, "a cat", 32, 32, seed=1, batch_size=1, **FAST)[0].shape[0] == 1
+
+
+def test_cancel_stops_text_generation_within_one_token(ours, model, progress_updates):
+    import comfy.model_management as mm
+
+    def cancel_at_the_third_token(value, total):
+        if len(progress_updates) == 3:
+            mm.interrupt_current_processing(True)
+
+    progress_updates.on_update = cancel_at_the_third_token  # greedy: the random model never stops by itself
+    with pytest.raises(mm.InterruptProcessingException):
+        ours["BagelMoTUnderstand"]().understand(model, image_batch(1), "Describe it.", 400, False, 0.3, 0, False)
+    assert len(progress_updates) == 3 and not mm.processing_interrupted()
+    progress_updates.on_update = None
+    answers = ours["BagelMoTUnderstand"]().understand(model, image_batch(1), "Hi?", 2, False, 0.3, 0, False)
+    assert len(answers["result"][0]) == 1
 
 
 def test_model_is_managed_by_comfyui_memory_manager(ours, model):

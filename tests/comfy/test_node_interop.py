@@ -122,17 +122,8 @@ def test_flux_ae_safetensors_through_core_vae_loader_gives_our_image(comfy_nodes
     assert torch.equal(decode(comfy_nodes, own_vae, latent), from_loader)  # the loader's vae is that VAE
 
 
-def _capture_progress(monkeypatch) -> list:
-    import comfy.utils
-
-    updates = []
-    monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK", lambda value, total, preview, node_id=None:
-                        updates.append((value, total, preview)))
-    return updates
-
-
 @pytest.mark.parametrize("method", ["latent2rgb", "auto", "none"])
-def test_previews_follow_the_server_preview_method(ours, loaded, monkeypatch, method):
+def test_previews_follow_the_server_preview_method(ours, loaded, monkeypatch, progress_updates, method):
     from comfy.cli_args import LatentPreviewMethod, args
 
     monkeypatch.setattr(args, "preview_method", LatentPreviewMethod(method))
@@ -144,18 +135,19 @@ def test_previews_follow_the_server_preview_method(ours, loaded, monkeypatch, me
         return original(*a, **k)
 
     monkeypatch.setattr(loaded[0].pipeline, "generate_image", spy)
-    updates = _capture_progress(monkeypatch)
+    updates = progress_updates
     ours["BagelMoTTextToImage"]().generate(loaded[0], "a cat", 64, 32, seed=1, batch_size=1, **FAST)
     previews = [preview for _, _, preview in updates if preview is not None]
     if method == "none":
         assert not previews and seen["preview"] is None  # the core is not even asked for latents
+        assert len(updates) == FAST["steps"] - 1  # the bar still moves on every step
         return
     assert len(previews) == len(updates) == FAST["steps"] - 1  # one preview per denoise step
     kind, picture, max_size = previews[-1]
     assert kind == "JPEG" and picture.size == (64 // 8, 32 // 8)  # latent2rgb: one pixel per latent cell
 
 
-def test_taesd_previews_use_the_flux_tiny_autoencoder(ours, loaded, monkeypatch, tmp_path):
+def test_taesd_previews_use_the_flux_tiny_autoencoder(ours, loaded, monkeypatch, progress_updates, tmp_path):
     import folder_paths
     from comfy.cli_args import LatentPreviewMethod, args
     from comfy.taesd.taesd import Decoder
@@ -168,7 +160,7 @@ def test_taesd_previews_use_the_flux_tiny_autoencoder(ours, loaded, monkeypatch,
     monkeypatch.setitem(folder_paths.folder_names_and_paths, "vae_approx",
                         ([str(approx)], folder_paths.supported_pt_extensions))
     monkeypatch.setattr(args, "preview_method", LatentPreviewMethod.TAESD)
-    updates = _capture_progress(monkeypatch)
+    updates = progress_updates
     ours["BagelMoTTextToImage"]().generate(loaded[0], "a cat", 64, 32, seed=1, batch_size=1, **FAST)
     previews = [preview for _, _, preview in updates if preview is not None]
     assert len(previews) == FAST["steps"] - 1

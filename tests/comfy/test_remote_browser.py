@@ -13,6 +13,8 @@ from workflow_cases import FAST_WIDGETS, load_workflow
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "remote"))
 from fake_vllm_omni import FakeVllmOmni  # noqa: E402
 
+pytestmark = pytest.mark.slow  # the browser tier (README, 'Tests')
+
 WARNING_WIDGET_JS = """
 const app = window.comfyAPI.app.app;
 const node = (app.graph._nodes ?? app.graph.nodes).find((n) => n.type === "BagelMoTTextToImage");
@@ -23,7 +25,7 @@ return { state: window.__bagel, warning: widget?.value ?? null,
 
 
 def remote_workflow(url: str) -> dict:
-    workflow = copy.deepcopy(load_workflow("bagel_mot_text_to_image"))
+    workflow = copy.deepcopy(load_workflow("BAGEL-MoT Text to Image"))
     loader = next(node for node in workflow["nodes"] if node["type"] == "BagelMoTModelLoader")
     loader.update(type="BagelMoTRemoteModel", widgets_values=[url, "", 60, 2])
     loader["properties"]["Node name for S&R"] = "BagelMoTRemoteModel"

@@ -107,24 +107,21 @@ def test_a_written_plan_cannot_be_sent(ours, fake):
     assert fake.requests == []
 
 
-def test_progress_counts_finished_requests_and_cancel_aborts(ours, fake, monkeypatch):
+def test_progress_counts_finished_requests_and_cancel_aborts(ours, fake, progress_updates):
     import comfy.model_management as mm
-    import comfy.utils
 
     model = connect(ours, fake.url, max_concurrent_requests=2)
-    updates = []
-    monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK",
-                        lambda value, total, preview, node_id=None: updates.append((value, total)))
     ours["BagelMoTTextToImage"]().generate(model, "a fox", 32, 32, seed=0, batch_size=4, **FAST)
+    updates = [(value, total) for value, total, _ in progress_updates]
     assert updates[0] == (0, 4) and updates[-1] == (4, 4)
     assert all(total == 4 for _, total in updates) and [v for v, _ in updates] == sorted(v for v, _ in updates)
 
-    def cancel_when_both_are_in_flight(value, total, preview, node_id=None):
+    def cancel_when_both_are_in_flight(value, total):
         if fake.in_flight == 2:
             mm.interrupt_current_processing(True)
 
     fake.hold_requests()
-    monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK", cancel_when_both_are_in_flight)
+    progress_updates.on_update = cancel_when_both_are_in_flight
     with pytest.raises(mm.InterruptProcessingException):
         ours["BagelMoTTextToImage"]().generate(model, "a fox", 32, 32, seed=0, batch_size=5, **FAST)
     assert not mm.processing_interrupted()

@@ -1,6 +1,7 @@
 """Integration: a real ComfyUI server (main.py --cpu) runs the bundled workflows over HTTP."""
 import copy
 import time
+import urllib.parse
 
 import pytest
 from PIL import Image
@@ -49,7 +50,8 @@ def test_pack_nodes_templates_and_extension_are_served(server, object_info):
     templates = server.client.get("/workflow_templates")
     assert sorted(templates[PACK_FOLDER_NAME]) == WORKFLOW_NAMES
     for name in WORKFLOW_NAMES:
-        assert server.client.request(f"/api/workflow_templates/{PACK_FOLDER_NAME}/{name}.json")[0] == 200
+        path = f"/api/workflow_templates/{PACK_FOLDER_NAME}/{urllib.parse.quote(name)}.json"  # names have spaces
+        assert server.client.request(path)[0] == 200
     assert f"/extensions/{PACK_FOLDER_NAME}/bagel_mot_text_preview.js" in server.client.get("/extensions")
 
 
@@ -70,7 +72,7 @@ def test_bundled_workflow_runs(server, object_info, name):
 
 
 def test_identical_second_run_is_fully_cached(server, object_info):
-    prompt = api_prompt("bagel_mot_text_to_image", object_info)
+    prompt = api_prompt("BAGEL-MoT Text to Image", object_info)
     node_of_type(prompt, "BagelMoTTextToImage")["inputs"]["seed"] = 987654321
     run(server, prompt)
     second = run(server, copy.deepcopy(prompt))
@@ -79,7 +81,7 @@ def test_identical_second_run_is_fully_cached(server, object_info):
 
 
 def test_interrupt_stops_mid_run_and_next_run_succeeds(server, object_info):
-    prompt = api_prompt("bagel_mot_text_to_image", object_info)
+    prompt = api_prompt("BAGEL-MoT Text to Image", object_info)
     generator = node_of_type(prompt, "BagelMoTTextToImage")["inputs"]
     generator.update(steps=200, width=128, height=128, seed=424242)
     generator_id = next(key for key, node in prompt.items() if node["class_type"] == "BagelMoTTextToImage")
@@ -110,7 +112,7 @@ def _expect_400(server, prompt, fragment):
 
 
 def test_bad_inputs_get_clear_400s_and_server_keeps_working(server, object_info):
-    good = api_prompt("bagel_mot_text_to_image", object_info)
+    good = api_prompt("BAGEL-MoT Text to Image", object_info)
     bad_size = copy.deepcopy(good)
     node_of_type(bad_size, "BagelMoTTextToImage")["inputs"]["width"] = 100
     _expect_400(server, bad_size, "multiples of 16")
@@ -124,7 +126,7 @@ def test_bad_inputs_get_clear_400s_and_server_keeps_working(server, object_info)
 
 
 def test_wrong_image_batch_fails_with_message_and_next_run_succeeds(server, object_info):
-    prompt = api_prompt("bagel_mot_edit_before_after", object_info)
+    prompt = api_prompt("BAGEL-MoT Edit with Before and After", object_info)
     load_id = next(key for key, node in prompt.items() if node["class_type"] == "LoadImage")
     loader_id = next(key for key, node in prompt.items() if node["class_type"] == "BagelMoTModelLoader")
     think_prompt = {
@@ -142,7 +144,7 @@ def test_wrong_image_batch_fails_with_message_and_next_run_succeeds(server, obje
 
 
 def test_free_models_and_cache_then_rerun_reloads(server, object_info):
-    prompt = api_prompt("bagel_mot_text_to_image", object_info)
+    prompt = api_prompt("BAGEL-MoT Text to Image", object_info)
     run(server, prompt)
     assert server.client.request("/free", {"unload_models": True, "free_memory": True})[0] == 200
     time.sleep(0.5)  # /free is applied by the prompt worker between prompts

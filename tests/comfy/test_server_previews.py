@@ -10,7 +10,7 @@ STEPS = 5
 
 
 def run_text_to_image(server, seed: int) -> tuple[str, list[dict]]:
-    prompt = make_fast(ui_to_api(load_workflow("bagel_mot_text_to_image"), server.client.object_info()))
+    prompt = make_fast(ui_to_api(load_workflow("BAGEL-MoT Text to Image"), server.client.object_info()))
     node_id = next(key for key, node in prompt.items() if node["class_type"] == "BagelMoTTextToImage")
     prompt[node_id]["inputs"].update(steps=STEPS, seed=seed)  # a new seed: never served from the cache
     events = WsEvents(server.url, server.client.client_id)
@@ -47,4 +47,7 @@ def test_no_previews_with_preview_method_none(start_comfy):
     server = start_comfy(extra_args=("--preview-method", "none"))
     _, messages = run_text_to_image(server, seed=5151)
     assert not previews(messages)
-    assert sum(m["type"] == "progress" for m in messages) == STEPS - 1  # the progress bar itself still moves
+    # The progress bar itself still moves (how many messages the server sends is its own choice: newer ComfyUI
+    # sends only some of them, always the last).
+    progress = [m["data"] for m in messages if m["type"] == "progress"]
+    assert progress and progress[-1]["value"] == progress[-1]["max"] == STEPS - 1

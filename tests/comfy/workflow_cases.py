@@ -14,14 +14,14 @@ FAST_WIDGETS = {"steps": 3, "width": 64, "height": 64, "max_new_tokens": 8, "max
 # (a 3:2 input becomes 768x512, bagel-spec §5.2); "match_input" returns the input size
 # (the chain workflow scales the input to 512x512 first and batches before/after).
 EXPECTED_IMAGE_SIZES = {
-    "bagel_mot_text_to_image": [(64, 64)],
-    "bagel_mot_think_then_generate": [(64, 64)],
-    "bagel_mot_image_edit": [(768, 512)],
-    "bagel_mot_edit_before_after": [(512, 512), (512, 512)],
-    "bagel_mot_understand_image": [],
-    "bagel_mot_multi_image_question": [],
+    "BAGEL-MoT Text to Image": [(64, 64)],
+    "BAGEL-MoT Think then Generate": [(64, 64)],
+    "BAGEL-MoT Image Edit": [(768, 512)],
+    "BAGEL-MoT Edit with Before and After": [(512, 512), (512, 512)],
+    "BAGEL-MoT Understand Image": [],
+    "BAGEL-MoT Question about Two Images": [],
     # the image itself, and core VAE Decode of its LATENT upscaled 2x
-    "bagel_mot_preview_latent_upscale": [(64, 64), (128, 128)],
+    "BAGEL-MoT Live Preview and Latent Upscale": [(64, 64), (128, 128)],
 }
 TEXT_NODE_TYPES = {"BagelMoTUnderstand", "BagelMoTThink"}
 

@@ -4,7 +4,8 @@ data/qwen25_tokenizer_reference.json holds 448 strings and 200 id lists (special
 newlines, CJK, emoji, digits, combining marks next to added tokens, random mixes; id lists with lone UTF-8
 bytes, added tokens and ids past the vocabulary) with the ids / text of the hand-written slow-tokenizer
 implementation this package used until it switched to `tokenizers` (commit fbce434), on the real Qwen2.5 files
-ComfyUI ships.
+(ComfyUI 0.3.64's copy, kept fixed in ../shared/fixtures/qwen25_tokenizer: a ComfyUI tree is never read, its
+tokenizer_config.json changes between versions).
 """
 import json
 import os
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from bagel_model.errors import BagelCheckpointError
-from bagel_model.testing import find_qwen25_tokenizer
+from bagel_model.testing import SHARED_QWEN25_TOKENIZER, find_qwen25_tokenizer
 from bagel_model.text.tokenizer import Qwen2Tokenizer
 
 REFERENCE = json.loads((Path(__file__).parent / "data" / "qwen25_tokenizer_reference.json").read_text())
@@ -24,7 +25,9 @@ REFERENCE = json.loads((Path(__file__).parent / "data" / "qwen25_tokenizer_refer
 def qwen25_folder() -> Path:
     folder = find_qwen25_tokenizer()
     if folder is None:
-        message = "Qwen2.5 tokenizer files not found (set COMFYUI_PATH or BAGEL_QWEN25_TOKENIZER)"
+        message = (f"the fixed Qwen2.5 tokenizer files are not at {SHARED_QWEN25_TOKENIZER} (../shared is not beside "
+                   "this checkout): put the team's shared folder there, or set BAGEL_QWEN25_TOKENIZER to a folder "
+                   "with Qwen2.5's vocab.json, merges.txt and tokenizer_config.json (22 added tokens)")
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)

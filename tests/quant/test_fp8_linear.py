@@ -71,7 +71,8 @@ def test_cast_follows_the_input_device():
     w, b = _weights()
     module = fp8.make_fp8_linear(w, b, torch.float32)
     x = torch.randn(3, 128)
-    weight, bias = module.scaled_weights(x)
+    with module.scaled_weights(x) as (weight, bias):
+        pass
     assert weight.device == x.device and weight.dtype == torch.float32 and bias.dtype == torch.float32
     assert module.weight.dtype == torch.float8_e4m3fn  # the stored weight is never converted in place
 

@@ -67,6 +67,14 @@ def test_wrong_precision_for_a_prequantized_folder(saved):
         BagelPipeline.from_pretrained(out, precision=other, device="cpu")
 
 
+def test_every_saved_folder_loads_at_the_default_precision(saved, capsys):
+    """The default precision is auto everywhere, and auto loads a pre-quantized folder in its own precision."""
+    precision, out = saved
+    assert BagelPipeline.from_pretrained(out, device="cpu", compute_dtype="fp32").precision == precision
+    assert cli_main(["think", "--model", str(out), "--device", "cpu", "--prompt", "a cat",
+                     "--max-think-tokens", "2"]) == 0, capsys.readouterr().err
+
+
 def test_saving_a_full_precision_pipeline_is_refused(pipes, tmp_path):
     with pytest.raises(BagelInputError, match="nf4, int8, fp8_e4m3fn"):
         pipes["bf16"].save_quantized(tmp_path / "x")
