@@ -13,12 +13,12 @@ Per budget, ``torch.cuda.set_per_process_memory_fraction`` caps the process and 
 
 Columns: ``peak GiB`` torch's peak allocation during the node call (weights included); ``s/step`` time per
 denoising step (understand: per token) from the node's progress reports; ``GB streamed/step`` bytes ComfyUI's
-cast path copied from another device per step (``comfy.model_management.cast_to``); ``load s`` time spent in
+cast path copied from another device per step (the transfer ledger); ``load s`` time spent in
 ``load_models_gpu`` for that call; ``build s`` making the random model. A row that fails prints the error
 (an OOM stays an OOM); ``--max-minutes`` (default 7.5) bounds the whole run: every (precision, VRAM mode)
 runs in its own child process (so its model, closures and ``phase_hook`` die with it), which is killed at the
 deadline, and inside a child the progress callback stops a node call that runs past it. ``GB streamed/step``
-counts ComfyUI's cast copies and the NF4/INT8 Linears' own per-call copies. When comfy-aimdo is importable and
+is the transfer ledger's total (ComfyUI's cast copies and the NF4/INT8 Linears' own per-call copies). When comfy-aimdo is importable and
 the ComfyUI has ``ModelPatcherDynamic`` (0.33+), every precision also gets Dynamic VRAM rows (``vram`` column
 ``dynamic``), enabled as ComfyUI's main.py does.
 
@@ -270,9 +270,8 @@ def child_main(args, root: Path, folder: Path) -> None:
     pack = import_comfy_and_pack(root, "cpu" if args.device == "cpu" else "cuda", dynamic)
     import comfy.model_management as mm
     import comfy.utils
-    from bagel_model.checkpoint import quantization
 
-    meter = Meter(mm, comfy.utils, args.child_deadline, quantization)
+    meter = Meter(mm, comfy.utils, args.child_deadline)
     check_precision(pack, mm, meter, folder, args.precisions, args, args.vram)
 
 

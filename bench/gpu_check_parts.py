@@ -48,19 +48,18 @@ def enable_dynamic_vram(mm) -> bool:
 
 
 class Meter:
-    """Counts what ComfyUI streams and how long it loads; records the progress reports of a node call."""
+    """Reads the transfer ledger (bagel_model/model/transfer_ledger.py: every weight byte our layers, the
+    NF4/INT8 Linears and ComfyUI's cast ops copy from the storage device) per progress report, times
+    ``load_models_gpu`` and stops a node call past ``deadline`` (epoch seconds)."""
 
-    def __init__(self, mm, comfy_utils, deadline: float = float("inf"), quantization=None):
+    def __init__(self, mm, comfy_utils, deadline: float = float("inf"), ledger=None):
+        if ledger is None:
+            from bagel_model.model.transfer_ledger import ledger
+        self.ledger = ledger
         self.deadline = deadline
-        self.streamed = 0
         self.load_seconds = 0.0
         self.events: list[tuple[float, int]] = []
-        real_cast, real_load = mm.cast_to, mm.load_models_gpu
-
-        def counting_cast(weight, dtype=None, device=None, *args, **kwargs):
-            if device is not None and weight.device != torch.device(device):
-                self.streamed += weight.numel() * weight.element_size()
-            return real_cast(weight, dtype, device, *args, **kwargs)
+        real_load = mm.load_models_gpu
 
         def timed_load(*args, **kwargs):
             start = time.perf_counter()
@@ -69,16 +68,12 @@ class Meter:
             finally:
                 self.load_seconds += time.perf_counter() - start
 
-        mm.cast_to, mm.load_models_gpu = counting_cast, timed_load
-        if quantization is not None:  # NF4/INT8 Linears copy their own tensors per call (quantization._on)
-            real_on = quantization._on
-
-            def counting_on(tensor, device, dtype=None):
-                if tensor is not None and tensor.device != torch.device(device):
-                    self.streamed += tensor.numel() * tensor.element_size()
-                return real_on(tensor, device, dtype)
-            quantization._on = counting_on
+        mm.load_models_gpu = timed_load
         comfy_utils.set_progress_bar_global_hook(self.progress)
+
+    @property
+    def streamed(self) -> int:
+        return self.ledger.total()
 
     def progress(self, value, total, preview, node_id=None) -> None:
         self.events.append((time.perf_counter(), self.streamed))
@@ -86,7 +81,8 @@ class Meter:
             raise DeadlineReached("--max-minutes reached during the node call")
 
     def reset(self) -> None:
-        self.streamed, self.load_seconds, self.events = 0, 0.0, []
+        self.ledger.reset()
+        self.load_seconds, self.events = 0.0, []
 
     def per_step(self) -> tuple[float, float]:
         """(seconds, bytes streamed) per progress step, between the first and the last report."""

@@ -121,20 +121,25 @@ def test_a_child_past_the_deadline_is_killed_and_later_jobs_skipped(gpu_check, m
 
 def test_a_node_call_past_the_deadline_is_stopped_from_its_progress_callback(gpu_check):
     hooks = []
-    mm = SimpleNamespace(cast_to=lambda *a, **k: None, load_models_gpu=lambda *a, **k: None)
+    mm = SimpleNamespace(load_models_gpu=lambda *a, **k: None)
     utils = SimpleNamespace(set_progress_bar_global_hook=hooks.append)
     meter = gpu_check.Meter(mm, utils, deadline=_time.time() - 1)
     with pytest.raises(gpu_check.DeadlineReached):
         hooks[0](1, 4, None)
 
 
-def test_quantized_linears_own_copies_count_as_streamed(gpu_check):
-    quantization = SimpleNamespace(_on=lambda tensor, device, dtype=None: tensor.to(device))
-    mm = SimpleNamespace(cast_to=lambda *a, **k: None, load_models_gpu=lambda *a, **k: None)
-    meter = gpu_check.Meter(mm, SimpleNamespace(set_progress_bar_global_hook=lambda hook: None),
-                            quantization=quantization)
-    packed = torch.zeros(1000, dtype=torch.uint8, device="meta")  # lives elsewhere than the compute device
-    quantization._on(packed, torch.device("meta"))  # already there: no copy
-    assert meter.streamed == 0
-    quantization._on(torch.zeros(1000, dtype=torch.uint8), torch.device("meta"))
-    assert meter.streamed == 1000
+def test_streamed_bytes_per_step_come_from_the_transfer_ledger(gpu_check):
+    from bagel_model.model.transfer_ledger import TransferLedger
+
+    ledger, hooks = TransferLedger(), []
+    mm = SimpleNamespace(load_models_gpu=lambda *a, **k: None)
+    meter = gpu_check.Meter(mm, SimpleNamespace(set_progress_bar_global_hook=hooks.append), ledger=ledger)
+    meter.reset()
+    hooks[0](0, 2, None)
+    ledger.record("NF4Linear", "nf4", 1000, crossed_devices=True)  # a quantized Linear's own copy
+    ledger.record("Linear", "bf16", 500, crossed_devices=False)  # resident: read in place, not streamed
+    hooks[0](1, 2, None)
+    ledger.record("Linear", "bf16", 3000, crossed_devices=True)  # ComfyUI's cast of a streamed layer
+    hooks[0](2, 2, None)
+    seconds, streamed = meter.per_step()
+    assert streamed == (1000 + 3000) / 2 and seconds >= 0
