@@ -12,8 +12,9 @@ BAGEL's weights fall into five groups by who computes with them:
 
 A denoising forward sends every latent token through ``gen`` and only the two image-marker tokens of each CFG
 branch through ``und`` (spec §3.3), all marker rows of one LM call in one und-expert call, so a streamed und
-expert is copied once per LM call (``qwen2_mot.per_expert``); text prefill uses only ``und``, decoding ``und``
-and ``lm_head``. So a memory manager that cannot
+expert is copied once per LM call (``qwen2_mot.per_expert``); text prefill uses ``und`` and the token table (a
+request's two image-marker rows are looked up then, once), decoding ``und`` and ``lm_head``. So a memory
+manager that cannot
 hold everything should keep the phase's working group resident and stream the other: ``PHASE_GROUPS`` names
 the groups each phase asks for, ``weight_groups`` gives the layers of each group, and ``denoise_residency``
 estimates, for a device budget, what is resident and what is streamed per denoising step.
@@ -45,7 +46,7 @@ _VIT_ROOTS = ("vit_model", "connector", "vit_pos_embed")
 # "denoise" lists only the gen expert: the und expert works there on a handful of marker rows and is streamed
 # if it is not resident. Understanding, and think without an input image, never ask for gen or vae.
 PHASE_GROUPS = {
-    "prefill_text": ("und",),
+    "prefill_text": ("und", "text_io"),
     "prefill_vit": ("und", "vit"),
     "prefill_vae": ("gen", "vae"),
     "decode_text": ("und", "text_io"),

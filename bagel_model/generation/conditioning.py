@@ -45,8 +45,9 @@ class ConditioningBuilder:
               generator: torch.Generator | None) -> Conditioning:
         gen = Context.empty(self.runtime.config.llm.num_hidden_layers)
         cond = Conditioning(gen=gen, cfg_text=gen.snapshot())
+        self.phase("prefill_text")
+        self.runtime.begin_request()
         if system_prompt is not None:
-            self.phase("prefill_text")
             self.add_text(gen, system_prompt)
             cond.texts.append(system_prompt)
         cond.image_free = gen.snapshot()

@@ -49,6 +49,7 @@ class BagelRuntime:
         self.device = torch.device(device) if device is not None else model.lm.embed_tokens.weight.device
         self.vae_rule, self.vit_rule = resize_rules(self.config.max_latent_size, self.config.vit_max_num_patch_per_side,
                                                     self.config.latent_downsample, self.config.vit.patch_size)
+        self._marker_rows: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def _inv_freq(self) -> torch.Tensor:
         llm = self.config.llm
@@ -65,11 +66,20 @@ class BagelRuntime:
         cos, sin = self.rope_at(position)
         return cos.expand(count, -1), sin.expand(count, -1)
 
+    def begin_request(self) -> None:
+        """Looks up the two image-marker rows of this request once, while the token table is loaded for text
+        (phase ``prefill_text``): image blocks and every denoising step reuse them, so those phases never need
+        the token table (a memory manager would otherwise have to load or patch it for two rows)."""
+        self._marker_rows = None
+        self._marker_rows = self._markers()
+
     def marker_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``<|vision_start|>`` and ``<|vision_end|>`` embeddings, each (1, hidden)."""
         return self._markers()
 
     def _markers(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._marker_rows is not None:
+            return self._marker_rows
         ids = torch.tensor([self.special.vision_start, self.special.vision_end], device=self.device)
         emb = self.model.embed_tokens(ids, self.dtype)
         return emb[:1], emb[1:]
