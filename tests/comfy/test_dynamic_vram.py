@@ -36,15 +36,20 @@ def prequantized(tiny_checkpoint) -> dict:
                                        precision, device="cpu") for precision in PREQUANTIZED}
 
 
-def enable_dynamic_vram(monkeypatch) -> None:
-    """What main.py does on a machine with comfy-aimdo: init comfy-aimdo first, then point CoreModelPatcher at
-    ModelPatcherDynamic and set aimdo_enabled (which switches ComfyUI's ops to lazy construction and its
-    safetensors reader to comfy-aimdo's mmap)."""
-    import comfy.memory_management
+def require_dynamic_vram() -> None:
+    """ComfyUI 0.3.64 has no Dynamic VRAM (no ModelPatcherDynamic, no comfy.memory_management): nothing to test."""
     import comfy.model_patcher
 
     if not hasattr(comfy.model_patcher, "ModelPatcherDynamic"):
         pytest.skip("this ComfyUI version has no Dynamic VRAM (no ModelPatcherDynamic): nothing to test")
+
+
+def enable_dynamic_vram(monkeypatch) -> None:
+    """What main.py does on a machine with comfy-aimdo: init comfy-aimdo first, then point CoreModelPatcher at
+    ModelPatcherDynamic and set aimdo_enabled (which switches ComfyUI's ops to lazy construction and its
+    safetensors reader to comfy-aimdo's mmap)."""
+    require_dynamic_vram()
+    import comfy.memory_management
     import comfy_aimdo.control
     import comfy_aimdo.model_mmap
 
@@ -67,6 +72,7 @@ def test_every_precision_loads_and_runs_with_dynamic_vram_on(nodes, tiny_checkpo
     import comfy.model_management as mm
     import comfy.model_patcher
 
+    require_dynamic_vram()
     folder = prequantized[precision].name if pre_quantized else tiny_checkpoint.name
     reference = run_nodes(nodes, load(nodes, folder, precision))
     mm.unload_all_models()
@@ -116,10 +122,7 @@ def test_dynamic_vram_units_stream_each_layer_once_in_forward_order(nodes, tiny_
 def test_units_are_in_dynamic_vram_load_order(nodes, tiny_checkpoint):
     """ComfyUI 0.33's ModelPatcherDynamic.load orders its load list by the units (what it allocates first);
     the part of it that runs without a GPU (_load_list for_dynamic) accepts every unit module."""
-    import comfy.model_patcher
-
-    if not hasattr(comfy.model_patcher, "ModelPatcherDynamic"):
-        pytest.skip("this ComfyUI version has no Dynamic VRAM (no ModelPatcherDynamic): nothing to test")
+    require_dynamic_vram()
     model = load(nodes, tiny_checkpoint.name, "nf4")
     for patcher in model.patchers.values():
         loading = {entry[-2]: entry for entry in patcher._load_list(for_dynamic=True)}
