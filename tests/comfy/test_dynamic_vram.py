@@ -111,9 +111,11 @@ def test_dynamic_vram_units_stream_each_layer_once_in_forward_order(nodes, tiny_
         layered = [int(i) for i in indices if i is not None]
         assert layered == sorted(layered) and len(layered) == len(set(layered)), group  # layer 0, 1, 2 ...
         first, last = names[units[0][0]], names[units[-1][-1]]
-        if group == "und":
-            assert first.endswith("embed_tokens") and last.endswith("lm_head")
+        if group == "und":  # decoder layer 0 first; the final norm after the last layer
+            assert indices[0] == "0" and last.endswith("norm")
             assert len(layered) == model.pipeline.config.llm.num_hidden_layers
+        if group == "text_io":  # the token table, then lm_head (the order a text call reads them)
+            assert first.endswith("embed_tokens") and last.endswith("lm_head")
         if group == "gen":
             assert indices[0] is None and last == "llm2vae"  # latent input first, llm2vae after the layers
             assert len(layered) == model.pipeline.config.llm.num_hidden_layers
