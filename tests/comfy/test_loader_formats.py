@@ -53,10 +53,14 @@ def roots(comfy_nodes, tiny_checkpoint, tmp_path_factory):
               str(df11 / "model.safetensors"))
     (bagel / "bagel-Q4_K.gguf").write_bytes(b"GGUF" + bytes(60))  # magic only: listed, refused at validation
     (bagel / "notes.gguf").write_bytes(b"text")  # not a GGUF file: not listed
-    folder_paths.add_model_folder_path("bagel", str(bagel))
-    folder_paths.add_model_folder_path("bagel", str(bare))
-    folder_paths.add_model_folder_path("vae", str(vae))
-    return bagel
+    added = (("bagel", str(bagel)), ("bagel", str(bare)), ("vae", str(vae)))
+    for key, path in added:
+        folder_paths.add_model_folder_path(key, path)
+    yield bagel
+    # ComfyUI's folder registry is process-wide: later test modules must not find this module's tiny
+    # ae.safetensors in models/vae before their own.
+    for key, path in added:
+        folder_paths.folder_names_and_paths[key][0].remove(path)
 
 
 @pytest.fixture(scope="module")

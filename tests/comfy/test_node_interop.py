@@ -111,7 +111,7 @@ def test_flux_ae_safetensors_through_core_vae_loader_gives_our_image(comfy_nodes
     import folder_paths
 
     folder_paths.add_model_folder_path("bagel", str(flux_ae_checkpoint.parent))
-    folder_paths.add_model_folder_path("vae", str(flux_ae_checkpoint))
+    folder_paths.add_model_folder_path("vae", str(flux_ae_checkpoint), is_default=True)  # its ae.safetensors first
     model, own_vae = ours["BagelMoTModelLoader"]().load(flux_ae_checkpoint.name, "bf16", False)
     images, latent = ours["BagelMoTTextToImage"]().generate(model, "a red cube", 48, 32, seed=1, batch_size=1,
                                                             **FAST)

@@ -72,7 +72,7 @@ def test_device_that_bitsandbytes_cannot_use(tiny_checkpoint, monkeypatch):
 
     _, nf4_cls, _ = quantization._linear_classes()
     monkeypatch.setattr(nf4_cls, "forward", lambda self, x: broken_matmul())
-    with pytest.raises(BagelInputError, match="cannot run nf4 Linears on cpu.*pip install -U bitsandbytes"):
+    with pytest.raises(BagelInputError, match="cannot run a 48x128 nf4 Linear on cpu.*pip install -U 'bitsandbytes>=0.50'"):
         BagelPipeline.from_pretrained(tiny_checkpoint, precision="nf4", device="cpu")
 
 
