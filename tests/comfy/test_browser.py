@@ -10,7 +10,7 @@ import shutil
 import pytest
 
 from conftest import require
-from workflow_cases import FAST_WIDGETS, TEXT_NODE_TYPES, WORKFLOW_NAMES, load_workflow
+from workflow_cases import FAST_WIDGETS, LOWERED_STOCK_NODES, TEXT_NODE_TYPES, WORKFLOW_NAMES, load_workflow
 
 pytestmark = pytest.mark.slow  # the browser tier (README, 'Tests')
 
@@ -22,6 +22,7 @@ FRONTENDS = ["pinned", "latest"]
 # settings and queues it, capturing the /prompt answer (app.queuePrompt's return value is not reliable).
 LOAD_AND_CHECK_JS = """
 const [workflow, fast, done] = [arguments[0], arguments[1], arguments[arguments.length - 1]];
+const loweredStock = arguments.length > 3 ? arguments[2] : [];
 (async () => {
   const app = window.comfyAPI.app.app;
   const registered = window.LiteGraph.registered_node_types;
@@ -36,7 +37,7 @@ const [workflow, fast, done] = [arguments[0], arguments[1], arguments[arguments.
     if (got !== want) mismatches.push(`${original.type} #${original.id}: ${got} != ${want}`);
   }
   for (const node of app.graph._nodes ?? app.graph.nodes) {
-    if (!node.type.startsWith("BagelMoT")) continue;
+    if (!node.type.startsWith("BagelMoT") && !loweredStock.includes(node.type)) continue;
     for (const widget of node.widgets ?? []) {
       if (widget.name in fast) widget.value = fast[widget.name];
     }
@@ -130,7 +131,7 @@ def test_workflows_load_and_run_in_the_frontend(browser, start_comfy, which):
     _open_frontend(browser, server)
     for name in WORKFLOW_NAMES:
         workflow = load_workflow(name)
-        report = browser.execute_async_script(LOAD_AND_CHECK_JS, workflow, FAST_WIDGETS)
+        report = browser.execute_async_script(LOAD_AND_CHECK_JS, workflow, FAST_WIDGETS, LOWERED_STOCK_NODES)
         assert "exception" not in report, f"{name}: {report}"
         assert not report["missing"], f"{name}: missing node types {report['missing']}"
         assert not report["mismatches"], f"{name}: widget values changed on load: {report['mismatches']}"
