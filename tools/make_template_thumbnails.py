@@ -8,6 +8,8 @@ Run it again after changing a workflow:
 
     python tools/make_template_thumbnails.py --comfyui /path/to/ComfyUI [--front-end-root DIR] [--only NAME]
 
+With ``--graph-png PATH --only NAME`` it saves that workflow's graph at full size instead (the README's pictures).
+
 Needs selenium (requirements-test.txt) and Chromium with chromedriver from your OS.
 """
 import argparse
@@ -132,17 +134,28 @@ def wait_for(driver, script: str, timeout: float) -> None:
         time.sleep(0.25)
 
 
-def thumbnail(driver, workflow: dict) -> Image.Image:
+def fitted_graph(driver, workflow: dict) -> tuple[Image.Image, dict]:
+    """A screenshot with the graph fitted into view, and the graph's rectangle in it."""
     result = driver.execute_async_script(FIT_JS, workflow, MARGIN, MIN_SCALE)
     if "exception" in result:
         raise RuntimeError(result["exception"])
-    rect = result["rect"]
+    return Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("RGB"), result["rect"]
+
+
+def graph_picture(driver, workflow: dict) -> Image.Image:
+    """The graph at the size the frontend drew it (for documentation)."""
+    screen, rect = fitted_graph(driver, workflow)
+    return screen.crop(tuple(round(v) for v in (rect["x"], rect["y"], rect["x"] + rect["width"],
+                                                 rect["y"] + rect["height"])))
+
+
+def thumbnail(driver, workflow: dict) -> Image.Image:
+    screen, rect = fitted_graph(driver, workflow)
     # Widen the graph's rectangle to the card's shape around its centre, then scale it to the card.
     width = max(rect["width"], rect["height"] * THUMBNAIL[0] / THUMBNAIL[1])
     height = width * THUMBNAIL[1] / THUMBNAIL[0]
     cx, cy = rect["x"] + rect["width"] / 2, rect["y"] + rect["height"] / 2
     box = tuple(round(v) for v in (cx - width / 2, cy - height / 2, cx + width / 2, cy + height / 2))
-    screen = Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("RGB")
     return screen.crop(box).resize(THUMBNAIL, Image.LANCZOS)
 
 
@@ -151,7 +164,12 @@ def main() -> int:
     parser.add_argument("--comfyui", type=Path, required=True, help="ComfyUI folder (the one with main.py)")
     parser.add_argument("--front-end-root", help="a frontend 'static' folder (default: the one ComfyUI pins)")
     parser.add_argument("--only", action="append", help="workflow name(s) to redraw (default: all)")
+    parser.add_argument("--graph-png", type=Path,
+                        help="instead of thumbnails, save the one --only workflow's graph at full size here "
+                             "(the README's pictures in docs/images)")
     args = parser.parse_args()
+    if args.graph_png and len(args.only or []) != 1:
+        parser.error("--graph-png draws one workflow: name it with a single --only")
     names = args.only or sorted(path.stem for path in WORKFLOW_DIR.glob("*.json"))
     with tempfile.TemporaryDirectory(prefix="bagel-thumbnails-") as tmp:
         base = Path(tmp)
@@ -161,6 +179,11 @@ def main() -> int:
         try:
             driver.get(client.base_url)
             wait_for(driver, READY_JS, 120)
+            if args.graph_png:
+                workflow = json.loads((WORKFLOW_DIR / f"{names[0]}.json").read_text(encoding="utf-8"))
+                graph_picture(driver, workflow).save(args.graph_png, optimize=True)
+                print(f"wrote {args.graph_png}")
+                names = []
             for name in names:
                 image = thumbnail(driver, json.loads((WORKFLOW_DIR / f"{name}.json").read_text(encoding="utf-8")))
                 image.save(WORKFLOW_DIR / f"{name}.jpg", quality=85, optimize=True)
