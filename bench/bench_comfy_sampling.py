@@ -103,6 +103,22 @@ class Paths:
 
     # ---- the timed paths -------------------------------------------------------------------------------
 
+    def context_lengths(self, edit: bool) -> str:
+        """Token lengths of the branches' contexts, as the core builds them (what the stock guiders cannot
+        batch when they differ)."""
+        from PIL import Image
+
+        builder = self.bagel.pipeline.builder
+        if not edit:
+            cond = builder.build([PROMPT], None, use_vae=True, generator=None)
+            return f"prompt {cond.gen.length} tokens, empty prompt {cond.cfg_text.length} tokens"
+        pixels = (self.edit_image[0].numpy() * 255).astype("uint8")
+        cond = builder.build([Image.fromarray(pixels), EDIT_PROMPT], None, use_vae=True,
+                             generator=torch.Generator().manual_seed(SEED))
+        without_images = builder.image_cfg_context(cond)
+        return (f"prompt + image {cond.gen.length} tokens, image only {cond.cfg_text.length}, "
+                f"prompt only {without_images.length}")
+
     def t2i_node(self, steps: int):
         return call(self.ours["BagelMoTTextToImage"], bagel_model=self.bagel, prompt=PROMPT, width=self.size,
                     height=self.size, seed=SEED, batch_size=1, steps=steps, cfg_text_scale=CFG, cfg_img_scale=1.0,
@@ -209,9 +225,11 @@ def main() -> None:
            "custom + stock CFGGuider": paths.custom_stock_cfg, "ksampler + stock CFG": paths.ksampler_stock_cfg}
     for run in t2i.values():  # warm up kernels and the model's first load
         run(args.low)
+    print(f"text to image contexts: {paths.context_lengths(edit=False)}")
     report("Text to image (two branches per step)", measure(t2i, args.low, args.high, args.rounds), "t2i node")
     if not args.skip_edit:
         paths.prepare_edit()
+        print(f"\nedit contexts: {paths.context_lengths(edit=True)}")
         edit = {"edit: BAGEL guider": paths.edit_bagel, "edit: stock DualCFGGuider": paths.edit_dual_cfg}
         for run in edit.values():
             run(args.low)
