@@ -28,6 +28,7 @@ from bagel_model.checkpoint.residency import GROUPS, PHASE_GROUPS, weight_groups
 from bagel_model.devices import resolve_batch_images
 
 from .comfy_model.base_model import BagelMoTBaseModel
+from .comfy_model.patcher import bagel_patcher_class
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ class BagelMoTModel:
         layers = [layer for name in GROUPS if name != "vae" for layer in groups[name]]
         base = BagelMoTBaseModel(self.pipeline, device=offload_device, dynamic_units=dynamic_vram_units(layers))
         base.before_load = self._unload_groups
-        model = patcher(base, load_device=load_device, offload_device=offload_device)
+        model = bagel_patcher_class(patcher)(base, load_device=load_device, offload_device=offload_device)
         model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, "bagel_mot_groups",
                                    self._before_sampling)
         return model

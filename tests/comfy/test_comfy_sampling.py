@@ -108,3 +108,67 @@ def test_ksampler_runs_with_stock_cfg(comfy_nodes, loaded):
                                            encode(clip, ""), empty_latent(WIDTH, HEIGHT, 2))[0]
     assert latent["samples"].shape == (2, 16, HEIGHT // 8, WIDTH // 8)
     assert torch.isfinite(latent["samples"]).all()
+
+
+EDIT = dict(cfg_text_scale=4.0, cfg_img_scale=2.0, cfg_interval_start=0.0, cfg_interval_end=1.0,
+            cfg_renorm_min=0.0, cfg_renorm_type="text_channel")
+
+
+@pytest.fixture(scope="module")
+def picture():
+    generator = torch.Generator().manual_seed(3)
+    return torch.rand((1, 40, 56, 3), generator=generator)
+
+
+def edit_conds(ours, clip, picture, instruction="make it blue"):
+    images = ours["BagelMoTContextImages"]
+    positive = run_node(images, conditioning=encode(clip, instruction), image=picture)[0]
+    without_text = run_node(images, conditioning=encode(clip, ""), image=picture)[0]
+    return positive, without_text, encode(clip, instruction)
+
+
+def core_edit_latent(handle, picture, instruction, settings):
+    """The core's own edit flow on the same contexts and BAGEL-MoT Noise's noise: the reference."""
+    from PIL import Image
+
+    from bagel_model.generation.conditioning import ConditioningBuilder
+    from bagel_model.generation.denoise import denoise
+    from bagel_model.generation.sampler import SamplerSettings
+
+    pipeline = handle.pipeline
+    image = Image.fromarray((picture[0].numpy() * 255).clip(0, 255).astype("uint8"))
+    builder = ConditioningBuilder(pipeline.runtime, pipeline.tokenizer)
+    cond = builder.build([image, instruction], None, use_vae=True,
+                         generator=torch.Generator("cpu").manual_seed(SEED))
+    cfg_img = builder.image_cfg_context(cond)
+    query = pipeline.runtime.generation_query(HEIGHT, WIDTH)
+    noise = torch.randn((query.num_tokens, pipeline.config.patch_latent_dim),
+                        generator=torch.Generator("cpu").manual_seed(SEED))
+    packed = denoise(pipeline.runtime, settings, query, noise, cond.gen, cond.cfg_text, cfg_img)
+    from bagel_model.generation.latent_velocity import unpack_latents
+
+    return unpack_latents(packed, HEIGHT // 8, WIDTH // 8, 16, 2)
+
+
+def test_bagel_guider_edit_equals_the_core_edit(ours, loaded, picture):
+    from bagel_model.generation.sampler import SamplerSettings
+
+    handle, vae, model, clip = loaded
+    positive, without_text, _ = edit_conds(ours, clip, picture)
+    guider = bagel_guider(ours, model, positive, without_text, **EDIT)
+    latent = sample_custom(ours, model, guider)
+    settings = SamplerSettings(steps=STEPS, cfg_text_scale=4.0, cfg_img_scale=2.0, cfg_interval=(0.0, 1.0),
+                               cfg_renorm_min=0.0, cfg_renorm_type="text_channel")
+    reference = core_edit_latent(handle, picture, "make it blue", settings)
+    assert max_diff(model.model.process_latent_in(latent["samples"]), reference) < LATENT_TOLERANCE
+
+
+def test_dual_cfg_guider_nested_edit_is_bagels_formula_without_renorm(ours, loaded, picture):
+    handle, vae, model, clip = loaded
+    positive, without_text, without_images = edit_conds(ours, clip, picture)
+    dual = run_node(stock("DualCFGGuider"), model=model, cond1=positive, cond2=without_text,
+                    negative=without_images, cfg_conds=4.0, cfg_cond2_negative=2.0, style="nested")[0]
+    ours_guider = bagel_guider(ours, model, positive, without_text, without_images=without_images,
+                               **dict(EDIT, cfg_renorm_min=1.0, cfg_renorm_type="global"))
+    expected = sample_custom(ours, model, ours_guider)["samples"]
+    assert max_diff(sample_custom(ours, model, dual)["samples"], expected) < LATENT_TOLERANCE
