@@ -18,8 +18,34 @@ NOT_BAGEL_CONDITIONING = (
     "context without text), and add images with BAGEL-MoT Images into Context.")
 
 
+FOR_ANOTHER_MODEL = (
+    "This CONDITIONING was made with BAGEL's clip (the BAGEL-MoT Model Loader's 'clip' output) and only BAGEL's "
+    "MODEL can use it: it holds a BAGEL context, not text embeddings. Connect it to a sampler or guider whose "
+    "model is the BAGEL-MoT Model Loader's 'model', or encode the prompt with this model's own CLIP.")
+
+# What ComfyUI itself does with a cond tensor on BAGEL's path (store, copy, move, compare shapes); anything else
+# means another model is computing with it.
+_HARMLESS = {"__get__", "__repr__", "__format__", "__reduce_ex__", "__setstate__", "size", "dim",
+             "numel", "clone", "detach", "to", "cpu", "cuda", "contiguous", "requires_grad_", "element_size",
+             "is_floating_point", "__len__", "__bool__"}
+
+
+class BagelOnlyTensor(torch.Tensor):
+    """The placeholder cond tensor: ComfyUI may carry it around; another model that computes with it gets
+    ``FOR_ANOTHER_MODEL`` instead of a shape error deep inside its own code."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") not in _HARMLESS:
+            raise ValueError(FOR_ANOTHER_MODEL)  # not TypeError: torch turns that into "unsupported operand"
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+    def __deepcopy__(self, memo):
+        return placeholder()
+
+
 def placeholder() -> torch.Tensor:
-    return torch.zeros(PLACEHOLDER_SHAPE)
+    return torch.zeros(PLACEHOLDER_SHAPE).as_subclass(BagelOnlyTensor)
 
 
 def context_of(entry: dict, name: str) -> ContextRequest:

@@ -15,9 +15,9 @@ def stock(name: str):
     import nodes
 
     if name not in nodes.NODE_CLASS_MAPPINGS:
-        from comfy_extras import nodes_custom_sampler, nodes_sd3
+        from comfy_extras import nodes_custom_sampler, nodes_easycache, nodes_sd3
 
-        for module in (nodes_custom_sampler, nodes_sd3):
+        for module in (nodes_custom_sampler, nodes_sd3, nodes_easycache):
             mappings = getattr(module, "NODE_CLASS_MAPPINGS", None)
             if mappings is None:
                 mappings = {cls.define_schema().node_id: cls for cls in _v3_nodes(module)}
@@ -28,10 +28,9 @@ def stock(name: str):
 
 
 def _v3_nodes(module):
-    import asyncio
-
-    extension = asyncio.run(module.comfy_entrypoint())
-    return asyncio.run(extension.get_node_list())
+    """The V3 node classes a comfy_extras module defines."""
+    return [value for value in vars(module).values()
+            if isinstance(value, type) and value.__module__ == module.__name__ and "define_schema" in vars(value)]
 
 
 def encode(clip, text: str):
