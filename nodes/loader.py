@@ -19,6 +19,7 @@ from .comfy_ops import bagel_operations
 from .compute_dtype import comfy_compute_dtype
 from .download import download_checkpoint
 from .memory_check import check_fits
+from .comfy_model.text_encoder import bagel_clip
 from .model_handle import MODEL_TYPE, BagelMoTModel
 from .precision_choice import AUTO, resolve_precision
 from .vae_bridge import checkpoint_vae
@@ -80,11 +81,15 @@ class BagelMoTModelLoader:
         "when a BAGEL node runs and offloads it when other models need the memory."
     )
     CATEGORY = "BAGEL-MoT"
-    RETURN_TYPES = (MODEL_TYPE, "VAE")
-    RETURN_NAMES = ("bagel_model", "vae")
+    RETURN_TYPES = (MODEL_TYPE, "VAE", "MODEL", "CLIP")
+    RETURN_NAMES = ("bagel_model", "vae", "model", "clip")
     OUTPUT_TOOLTIPS = ("The loaded BAGEL model.",
                        "The checkpoint's own FLUX autoencoder as a core VAE, for VAE Decode/Encode of the "
-                       "LATENT outputs (the same as loading its ae.safetensors with Load VAE).")
+                       "LATENT outputs (the same as loading its ae.safetensors with Load VAE).",
+                       "The same BAGEL weights as a ComfyUI MODEL for KSampler, SamplerCustomAdvanced, guiders, "
+                       "LoRA loaders and model patches (FLUX latents, flow sampling with shift 3).",
+                       "BAGEL's tokenizer as a CLIP for the stock CLIP Text Encode: the prompt is read into the "
+                       "context by the MODEL once per run; the empty string is the context without text.")
     FUNCTION = "load"
 
     @classmethod
@@ -119,34 +124,52 @@ class BagelMoTModelLoader:
         return next((problem for problem in problems if problem), True)
 
     def load(self, model_folder, precision, download_if_missing=False):
-        from bagel_model import BagelPipeline
+        handle, vae = load_bagel(model_folder, precision, download_if_missing)
+        model = handle.comfy_model
+        # MultiGPU CFG Split and non-dynamic clones rebuild the MODEL from the same folder with this.
+        model.cached_patcher_init = (load_model_patcher, (model_folder, handle.precision))
+        return (handle, vae, model, bagel_clip(handle.pipeline.tokenizer))
 
-        problem = _folder_problem(model_folder, download_if_missing, precision) or _precision_problem(precision)
-        if problem:
-            raise ValueError(problem)
-        path = model_folders.find_model_folder(model_folder) or model_folders.find_partial_folder(model_folder)
-        if path is None or (os.path.isdir(path) and incomplete_files(path)):  # download_if_missing is on
-            path = download_checkpoint(path or model_folders.download_target_dir())
-        source = describe_checkpoint(path, model_folders.vae_dirs())
-        logger.info("BAGEL '%s' is a %s; it reads %s", model_folder, source.describe(),
-                    ", ".join(str(f) for f in source.files()))
-        precision, _ = resolve_precision(source, model_folder, precision)
-        check_fits(source, model_folder, precision)
-        device, offload_device = mm.get_torch_device(), mm.unet_offload_device()
-        compute_dtype = resolve_compute_dtype(comfy_compute_dtype(device), device)
-        logger.info("Loading BAGEL checkpoint %s in %s onto %s (computing on %s in %s).", path, precision,
-                    offload_device, device, compute_dtype)
-        # ComfyUI owns the memory: the weights are kept on its offload device and its patchers move or stream
-        # them to the GPU when a BAGEL node runs (model_handle.py). Only NF4/INT8 quantization touches the
-        # GPU during the load, one Linear at a time, after asking ComfyUI for room.
-        if precision in QUANTIZED and device.type != "cpu":
-            mm.free_memory(QUANTIZE_ROOM_BYTES, device)
-        pipeline = BagelPipeline.from_pretrained(
-            path, precision=precision, device=str(device), storage_device=str(offload_device),
-            compute_dtype=_DTYPE_NAMES[compute_dtype], check_memory=False,
-            operations=bagel_operations(storage_dtype(precision), compute_dtype), vae_dirs=model_folders.vae_dirs())
-        vae = checkpoint_vae(source.ae_path, pipeline.config.ae)
-        return (BagelMoTModel(pipeline, model_folder, precision), vae)
+
+def load_model_patcher(model_folder: str, precision: str, disable_dynamic: bool = False):
+    """A fresh MODEL patcher of ``model_folder`` (its own copy of the weights): ComfyUI's
+    ``cached_patcher_init`` factory."""
+    handle, _ = load_bagel(model_folder, precision, False, dynamic=not disable_dynamic)
+    model = handle.comfy_model
+    model.cached_patcher_init = (load_model_patcher, (model_folder, precision))
+    return model
+
+
+def load_bagel(model_folder, precision, download_if_missing=False, dynamic=True):
+    """The BAGEL model (BAGEL_MOT_MODEL, which owns the MODEL patcher) and the checkpoint's VAE."""
+    from bagel_model import BagelPipeline
+
+    problem = _folder_problem(model_folder, download_if_missing, precision) or _precision_problem(precision)
+    if problem:
+        raise ValueError(problem)
+    path = model_folders.find_model_folder(model_folder) or model_folders.find_partial_folder(model_folder)
+    if path is None or (os.path.isdir(path) and incomplete_files(path)):  # download_if_missing is on
+        path = download_checkpoint(path or model_folders.download_target_dir())
+    source = describe_checkpoint(path, model_folders.vae_dirs())
+    logger.info("BAGEL '%s' is a %s; it reads %s", model_folder, source.describe(),
+                ", ".join(str(f) for f in source.files()))
+    precision, _ = resolve_precision(source, model_folder, precision)
+    check_fits(source, model_folder, precision)
+    device, offload_device = mm.get_torch_device(), mm.unet_offload_device()
+    compute_dtype = resolve_compute_dtype(comfy_compute_dtype(device), device)
+    logger.info("Loading BAGEL checkpoint %s in %s onto %s (computing on %s in %s).", path, precision,
+                offload_device, device, compute_dtype)
+    # ComfyUI owns the memory: the weights are kept on its offload device and its patchers move or stream
+    # them to the GPU when a BAGEL node runs (model_handle.py). Only NF4/INT8 quantization touches the
+    # GPU during the load, one Linear at a time, after asking ComfyUI for room.
+    if precision in QUANTIZED and device.type != "cpu":
+        mm.free_memory(QUANTIZE_ROOM_BYTES, device)
+    pipeline = BagelPipeline.from_pretrained(
+        path, precision=precision, device=str(device), storage_device=str(offload_device),
+        compute_dtype=_DTYPE_NAMES[compute_dtype], check_memory=False,
+        operations=bagel_operations(storage_dtype(precision), compute_dtype), vae_dirs=model_folders.vae_dirs())
+    vae = checkpoint_vae(source.ae_path, pipeline.config.ae)
+    return BagelMoTModel(pipeline, model_folder, precision, dynamic=dynamic), vae
 
 
 NODE_CLASS_MAPPINGS = {"BagelMoTModelLoader": BagelMoTModelLoader}

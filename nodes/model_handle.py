@@ -21,10 +21,14 @@ import torch
 
 import comfy.model_management as mm
 import comfy.model_patcher
+import comfy.patcher_extension
 
 from bagel_model.checkpoint.memory import estimate_memory
 from bagel_model.checkpoint.residency import GROUPS, PHASE_GROUPS, weight_groups
 from bagel_model.devices import resolve_batch_images
+
+from .comfy_model.base_model import BagelMoTBaseModel
+from .comfy_model.patcher import bagel_patcher_class
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +80,16 @@ class WeightGroup(torch.nn.Module):
         return list(self._units), []
 
 
+def unload_patchers_of(roots: list) -> None:
+    """Unloads (and unpatches) every loaded ComfyUI patcher whose model is one of ``roots``, clones included."""
+    for index in reversed(range(len(mm.current_loaded_models))):
+        loaded = mm.current_loaded_models[index]
+        patcher = loaded.model
+        if patcher is not None and any(patcher.model is root for root in roots):
+            loaded.model_unload()
+            mm.current_loaded_models.pop(index)
+
+
 def _largest_layer_bytes(groups: dict) -> int:
     return max(sum(t.numel() * t.element_size() for t in layer.state_dict().values())
                for layers in groups.values() for _, layer in layers)
@@ -84,13 +98,13 @@ def _largest_layer_bytes(groups: dict) -> int:
 class BagelMoTModel:
     """A loaded BAGEL checkpoint as ComfyUI sees it."""
 
-    def __init__(self, pipeline, folder: str, precision: str):
+    def __init__(self, pipeline, folder: str, precision: str, dynamic: bool = True):
         self.pipeline = pipeline
         self.folder = folder
         self.precision = precision
         groups = weight_groups(pipeline.model.bagel, pipeline.model.vae)
         load_device, offload_device = mm.get_torch_device(), mm.unet_offload_device()
-        patcher = patcher_class()
+        patcher = patcher_class() if dynamic else comfy.model_patcher.ModelPatcher
         self.patchers = {name: patcher(WeightGroup(name, groups[name]), load_device=load_device,
                                        offload_device=offload_device) for name in GROUPS}
         # A layer of a group that is not loaded is copied to the GPU for each forward: room for one.
@@ -98,6 +112,26 @@ class BagelMoTModel:
         self.working_memory_bytes = 0
         pipeline.compute_on(load_device)
         pipeline.phase_hook = self.load_phase
+        self.comfy_model = self._comfy_model_patcher(groups, patcher, load_device, offload_device)
+
+    def _comfy_model_patcher(self, groups: dict, patcher, load_device, offload_device):
+        """The MODEL output: ComfyUI's sampling over the same layers (no copy of any weight). Its patcher and
+        the group patchers never hold the layers at the same time: each unloads the other before it loads, so a
+        LoRA patched in for sampling is never seen by the BAGEL nodes, and memory is counted once."""
+        layers = [layer for name in GROUPS if name != "vae" for layer in groups[name]]
+        base = BagelMoTBaseModel(self.pipeline, device=offload_device, dynamic_units=dynamic_vram_units(layers))
+        base.before_load = self._unload_groups
+        model = bagel_patcher_class(patcher)(base, load_device=load_device, offload_device=offload_device)
+        model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, "bagel_mot_groups",
+                                   self._before_sampling)
+        return model
+
+    def _unload_groups(self) -> None:
+        unload_patchers_of([patcher.model for patcher in self.patchers.values()])
+
+    def _before_sampling(self, executor, *args, **kwargs):
+        self._unload_groups()
+        return executor(*args, **kwargs)
 
     @property
     def patcher(self):
@@ -129,6 +163,7 @@ class BagelMoTModel:
         patchers = [self.patchers[name] for name in PHASE_GROUPS[phase]]
         logger.debug("BAGEL phase %s: loading %s with %.2f GiB working memory", phase, PHASE_GROUPS[phase],
                      self.working_memory_bytes / 1024 ** 3)
+        unload_patchers_of([self.comfy_model.model])
         mm.load_models_gpu(patchers, memory_required=self.working_memory_bytes)
 
     def __repr__(self) -> str:

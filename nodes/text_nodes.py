@@ -33,6 +33,11 @@ def _sampling_inputs() -> dict:
     }
 
 
+def think_input_types() -> dict:
+    """The plan-writing widgets of BAGEL-MoT Think, in its order (also on Think into Conditioning)."""
+    return {"max_think_tokens": _token_budget(1000, "Longest plan, in tokens."), **_sampling_inputs()}
+
+
 class BagelMoTUnderstand:
     DESCRIPTION = (
         "Answers a question about each image of the batch (one answer per image), about all images "

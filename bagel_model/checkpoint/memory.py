@@ -296,6 +296,16 @@ def batch_cfg_fits(config: BagelConfig, device: torch.device | str, query_tokens
     return needed <= (available_memory(device) if free_bytes is None else free_bytes)
 
 
+def denoise_call_bytes(config: BagelConfig, query_tokens: int, longest_context: int, rows: int,
+                       compute_dtype: torch.dtype) -> int:
+    """Working memory of one denoising LM call over ``rows`` stacked (branch, image) rows of ``query_tokens``
+    latent tokens each, against contexts of up to ``longest_context`` tokens (weights and caches excluded)."""
+    b = torch.empty(0, dtype=compute_dtype).element_size()
+    keys = longest_context + query_tokens + 2
+    return max(1, rows) * _lm_forward_bytes(config, query_tokens + 2, keys, b) + _score_bytes(
+        config, query_tokens + 2, keys)
+
+
 def check_fits(estimate: MemoryEstimate, available_bytes: int | None, device: torch.device | str) -> None:
     """Raises BagelMemoryError with the numbers and a precision that would fit when ``estimate`` does not.
 

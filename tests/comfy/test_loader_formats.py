@@ -101,7 +101,7 @@ def test_full_precision_formats_load_and_name_themselves(loader, name, fmt, capl
     import logging
 
     with caplog.at_level(logging.INFO):
-        model, vae = loader().load(name, "bf16", False)
+        model, vae = loader().load(name, "bf16", False)[:2]
     assert fmt in repr(model) and "'bf16'" in repr(model)
     assert "it reads" in caplog.text and "ae.safetensors" in caplog.text
     assert vae.latent_channels == model.pipeline.config.ae.z_channels

@@ -26,7 +26,7 @@ def loaded(comfy_nodes, ours, tiny_checkpoint):
     import folder_paths
 
     folder_paths.add_model_folder_path("bagel", str(tiny_checkpoint.parent))
-    return ours["BagelMoTModelLoader"]().load(tiny_checkpoint.name, "bf16", False)
+    return ours["BagelMoTModelLoader"]().load(tiny_checkpoint.name, "bf16", False)[:2]
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,8 @@ def max_diff(a, b) -> float:
 
 def test_new_outputs_come_last_and_old_inputs_keep_their_places(ours):
     loader, t2i, edit = ours["BagelMoTModelLoader"], ours["BagelMoTTextToImage"], ours["BagelMoTEdit"]
-    assert loader.RETURN_TYPES == ("BAGEL_MOT_MODEL", "VAE") and loader.RETURN_NAMES[-1] == "vae"
+    assert loader.RETURN_TYPES == ("BAGEL_MOT_MODEL", "VAE", "MODEL", "CLIP")
+    assert loader.RETURN_NAMES == ("bagel_model", "vae", "model", "clip")
     assert t2i.RETURN_TYPES == ("IMAGE", "LATENT") and edit.RETURN_TYPES == ("IMAGE", "LATENT")
     understand = ours["BagelMoTUnderstand"].INPUT_TYPES()
     assert list(understand["required"]) == ["bagel_model", "question", "max_new_tokens", "do_sample",
@@ -112,7 +113,7 @@ def test_flux_ae_safetensors_through_core_vae_loader_gives_our_image(comfy_nodes
 
     folder_paths.add_model_folder_path("bagel", str(flux_ae_checkpoint.parent))
     folder_paths.add_model_folder_path("vae", str(flux_ae_checkpoint), is_default=True)  # its ae.safetensors first
-    model, own_vae = ours["BagelMoTModelLoader"]().load(flux_ae_checkpoint.name, "bf16", False)
+    model, own_vae = ours["BagelMoTModelLoader"]().load(flux_ae_checkpoint.name, "bf16", False)[:2]
     images, latent = ours["BagelMoTTextToImage"]().generate(model, "a red cube", 48, 32, seed=1, batch_size=1,
                                                             **FAST)
     core_vae = comfy_nodes.VAELoader().load_vae("ae.safetensors")[0]

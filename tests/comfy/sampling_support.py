@@ -1,0 +1,60 @@
+"""Helpers for the tests of BAGEL inside ComfyUI's own sampling: stock nodes called the way each ComfyUI version
+defines them (V1 classes on 0.3.64, V3 ``io.ComfyNode`` on 0.33), and a counter of understanding-expert rows."""
+import torch
+
+
+def run_node(cls, **inputs) -> tuple:
+    """The outputs of a stock node, V1 or V3."""
+    if hasattr(cls, "define_schema"):
+        return tuple(cls.execute(**inputs).result)
+    return tuple(getattr(cls(), cls.FUNCTION)(**inputs))
+
+
+def stock(name: str):
+    """A stock node class by id (ComfyUI's NODE_CLASS_MAPPINGS, extras included once the pack fixture loaded)."""
+    import nodes
+
+    if name not in nodes.NODE_CLASS_MAPPINGS:
+        from comfy_extras import nodes_custom_sampler, nodes_easycache, nodes_sd3
+
+        for module in (nodes_custom_sampler, nodes_sd3, nodes_easycache):
+            mappings = getattr(module, "NODE_CLASS_MAPPINGS", None)
+            if mappings is None:
+                mappings = {cls.define_schema().node_id: cls for cls in _v3_nodes(module)}
+            if name in mappings:
+                return mappings[name]
+        raise KeyError(name)
+    return nodes.NODE_CLASS_MAPPINGS[name]
+
+
+def _v3_nodes(module):
+    """The V3 node classes a comfy_extras module defines."""
+    return [value for value in vars(module).values()
+            if isinstance(value, type) and value.__module__ == module.__name__ and "define_schema" in vars(value)]
+
+
+def encode(clip, text: str):
+    import nodes
+
+    return run_node(nodes.CLIPTextEncode, clip=clip, text=text)[0]
+
+
+def empty_latent(width: int, height: int, batch_size: int = 1):
+    return run_node(stock("EmptySD3LatentImage"), width=width, height=height, batch_size=batch_size)[0]
+
+
+class UndRows:
+    """Counts the rows the understanding expert's first query projection sees (text prefill: one row per
+    token; a denoising LM call: the two image-marker rows of each branch)."""
+
+    def __init__(self, bagel):
+        self.calls = []
+        layer = bagel.language_model.model.layers[0].self_attn.q_proj
+        self._handle = layer.register_forward_hook(lambda module, args, out: self.calls.append(args[0].shape[0]))
+
+    def close(self):
+        self._handle.remove()
+
+    @property
+    def rows(self) -> int:
+        return sum(self.calls)

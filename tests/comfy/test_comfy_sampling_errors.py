@@ -1,0 +1,100 @@
+"""Bad input to BAGEL's MODEL, CLIP and guider: a clear error naming the input and the fix, before any step."""
+import math
+
+import pytest
+import torch
+
+from sampling_support import empty_latent, encode, run_node, stock
+
+GUIDER = dict(cfg_text_scale=4.0, cfg_img_scale=1.0, cfg_interval_start=0.4, cfg_interval_end=1.0,
+              cfg_renorm_min=0.0, cfg_renorm_type="global")
+
+
+@pytest.fixture(scope="module")
+def ours(comfy_nodes):
+    return comfy_nodes.NODE_CLASS_MAPPINGS
+
+
+@pytest.fixture(scope="module")
+def loaded(ours, tiny_checkpoint):
+    import folder_paths
+
+    folder_paths.add_model_folder_path("bagel", str(tiny_checkpoint.parent))
+    return ours["BagelMoTModelLoader"]().load(tiny_checkpoint.name, "bf16", False)
+
+
+class _Scaler(torch.nn.Module):
+    """Another model's network: it computes with its text embeddings."""
+
+    dtype = torch.float32
+
+    def forward(self, x, timesteps, context=None, control=None, transformer_options={}, **kwargs):
+        return x * context.mean()
+
+
+@pytest.fixture(scope="module")
+def other_model():
+    import comfy.latent_formats
+    import comfy.model_base
+    import comfy.model_patcher
+    import comfy.supported_models_base
+
+    config = comfy.supported_models_base.BASE({"disable_unet_model_creation": True})
+    config.latent_format = comfy.latent_formats.Flux()
+    base = comfy.model_base.BaseModel(config, comfy.model_base.ModelType.FLOW)
+    base.diffusion_model = _Scaler()
+    cpu = torch.device("cpu")
+    return comfy.model_patcher.ModelPatcher(base, load_device=cpu, offload_device=cpu)
+
+
+def sample(model, guider, latent, steps=3):
+    sigmas = run_node(stock("BasicScheduler"), model=model, scheduler="simple", steps=steps, denoise=1.0)[0]
+    return run_node(stock("SamplerCustomAdvanced"), noise=run_node(stock("RandomNoise"), noise_seed=1)[0],
+                    guider=guider, sampler=run_node(stock("KSamplerSelect"), sampler_name="euler")[0],
+                    sigmas=sigmas, latent_image=latent)[0]
+
+
+def test_bagel_conditioning_on_another_model_says_so(loaded, other_model):
+    clip = loaded[3]
+    guider = run_node(stock("CFGGuider"), model=other_model, positive=encode(clip, "a cat"),
+                      negative=encode(clip, ""), cfg=4.0)[0]
+    with pytest.raises(ValueError, match="only BAGEL's MODEL can use it"):
+        sample(other_model, guider, empty_latent(32, 32))
+
+
+def test_another_models_conditioning_on_bagel_says_so(ours, loaded):
+    model, clip = loaded[2], loaded[3]
+    foreign = [[torch.zeros((1, 77, 768)), {"pooled_output": torch.zeros((1, 768))}]]
+    with pytest.raises(ValueError, match="not made for BAGEL"):
+        run_node(ours["BagelMoTGuider"], model=model, positive=encode(clip, "a cat"), negative=foreign, **GUIDER)
+    guider = run_node(stock("CFGGuider"), model=model, positive=foreign, negative=encode(clip, ""), cfg=4.0)[0]
+    with pytest.raises(ValueError, match="not made for BAGEL"):
+        sample(model, guider, empty_latent(32, 32))
+
+
+@pytest.mark.parametrize("latent, message", [
+    ({"samples": torch.ones((1, 4, 4, 4))}, "16-channel FLUX latents"),  # an all-zero one ComfyUI adapts
+    ({"samples": torch.zeros((1, 16, 5, 4))}, "whole number of 2x2 patches"),
+    ({"samples": torch.zeros((1, 16, 2, 130))}, "larger than the model's"),
+])
+def test_latent_of_the_wrong_size_says_which_sizes_work(ours, loaded, latent, message):
+    model, clip = loaded[2], loaded[3]
+    guider = run_node(ours["BagelMoTGuider"], model=model, positive=encode(clip, "a cat"), negative=encode(clip, ""),
+                      **GUIDER)[0]
+    with pytest.raises(Exception, match=message):
+        sample(model, guider, latent)
+
+
+@pytest.mark.parametrize("name", ["cfg_text_scale", "cfg_img_scale", "cfg_renorm_min"])
+def test_nan_scale_is_refused(ours, loaded, name):
+    model, clip = loaded[2], loaded[3]
+    with pytest.raises(ValueError, match=f"{name} must be a finite number"):
+        run_node(ours["BagelMoTGuider"], model=model, positive=encode(clip, "a cat"), negative=encode(clip, ""),
+                 **dict(GUIDER, **{name: math.nan}))
+
+
+def test_reversed_cfg_interval_is_refused(ours, loaded):
+    model, clip = loaded[2], loaded[3]
+    with pytest.raises(ValueError, match="cfg_interval"):
+        run_node(ours["BagelMoTGuider"], model=model, positive=encode(clip, "a cat"), negative=encode(clip, ""),
+                 **dict(GUIDER, cfg_interval_start=0.9, cfg_interval_end=0.2))

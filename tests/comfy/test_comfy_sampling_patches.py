@@ -1,0 +1,95 @@
+"""What ComfyUI attaches to BAGEL's MODEL: EasyCache and LazyCache through their wrappers, a fresh copy for
+MultiGPU through ``cached_patcher_init``, and the think node's plan in a conditioning."""
+import pytest
+import torch
+
+from sampling_support import empty_latent, encode, run_node, stock
+
+WIDTH, HEIGHT, SEED = 32, 32, 3
+GUIDER = dict(cfg_text_scale=4.0, cfg_img_scale=1.0, cfg_interval_start=0.4, cfg_interval_end=1.0,
+              cfg_renorm_min=0.0, cfg_renorm_type="global")
+LATENT_TOLERANCE = 2e-4
+
+
+@pytest.fixture(scope="module")
+def ours(comfy_nodes):
+    return comfy_nodes.NODE_CLASS_MAPPINGS
+
+
+@pytest.fixture(scope="module")
+def loaded(ours, tiny_checkpoint):
+    import folder_paths
+
+    folder_paths.add_model_folder_path("bagel", str(tiny_checkpoint.parent))
+    return ours["BagelMoTModelLoader"]().load(tiny_checkpoint.name, "bf16", False)
+
+
+def sample(ours, model, positive, negative, steps, **scales):
+    guider = run_node(ours["BagelMoTGuider"], model=model, positive=positive, negative=negative,
+                      **dict(GUIDER, **scales))[0]
+    return run_node(stock("SamplerCustomAdvanced"), noise=run_node(ours["BagelMoTNoise"], seed=SEED)[0],
+                    guider=guider, sampler=run_node(stock("KSamplerSelect"), sampler_name="euler")[0],
+                    sigmas=run_node(ours["BagelMoTSigmas"], steps=steps, timestep_shift=3.0)[0],
+                    latent_image=empty_latent(WIDTH, HEIGHT))[0]["samples"]
+
+
+class ForwardCount:
+    """Counts the MODEL's diffusion forwards (the DIFFUSION_MODEL executor's innermost call)."""
+
+    def __init__(self, base):
+        self.base, self.calls = base, 0
+        original = base._diffusion_forward
+
+        def counted(*args, **kwargs):
+            self.calls += 1
+            return original(*args, **kwargs)
+
+        base._diffusion_forward = counted
+
+    def close(self):
+        del self.base._diffusion_forward
+
+
+@pytest.mark.parametrize("cache", ["EasyCache", "LazyCache"])
+def test_step_caches_attach_and_skip_forwards(ours, loaded, cache):
+    model, clip = loaded[2], loaded[3]
+    cached = run_node(stock(cache), model=model, reuse_threshold=3.0, start_percent=0.0, end_percent=1.0,
+                      verbose=False)[0]
+    steps = 12
+    counter = ForwardCount(model.model)
+    try:
+        latent = sample(ours, cached, encode(clip, "a red cube"), encode(clip, ""), steps)
+    finally:
+        counter.close()
+    assert torch.isfinite(latent).all()
+    assert 0 < counter.calls < steps - 1, counter.calls
+
+
+def test_cached_patcher_init_builds_a_fresh_copy_that_samples_the_same(ours, loaded):
+    model, clip = loaded[2], loaded[3]
+    positive, negative = encode(clip, "a red cube"), encode(clip, "")
+    expected = sample(ours, model, positive, negative, 4)
+    if hasattr(model, "deepclone_multigpu"):  # ComfyUI 0.33: what MultiGPU_WorkUnits calls
+        fresh = model.deepclone_multigpu(new_load_device=model.load_device)
+    else:
+        factory, args = model.cached_patcher_init[:2]
+        fresh = factory(*args)
+    assert fresh.model.diffusion_model is not model.model.diffusion_model
+    fresh_weight = fresh.model.diffusion_model.llm2vae.weight
+    assert fresh_weight.data_ptr() != model.model.diffusion_model.llm2vae.weight.data_ptr()
+    assert float((sample(ours, fresh, positive, negative, 4) - expected).abs().max()) < LATENT_TOLERANCE
+
+
+def test_think_conditioning_equals_text_to_image_with_that_plan(ours, loaded):
+    handle, _, model, clip = loaded
+    think = ours["BagelMoTThinkConditioning"]()
+    out = think.think(model, encode(clip, "a red cube"), max_think_tokens=6, do_sample=False, temperature=0.3,
+                      seed=0)
+    conditioning, plan = out["result"]
+    assert out["ui"]["text"] == [plan]
+    assert plan == handle.pipeline.think("a red cube", max_think_tokens=6).text
+    settings = dict(GUIDER, steps=4, timestep_shift=3.0)
+    reference = ours["BagelMoTTextToImage"]().generate(handle, "a red cube", WIDTH, HEIGHT, seed=SEED, batch_size=1,
+                                                       thinking=plan, **settings)[1]["samples"]
+    latent = sample(ours, model, conditioning, encode(clip, ""), 4)
+    assert float((latent - reference).abs().max()) < LATENT_TOLERANCE
