@@ -11,13 +11,13 @@ loader, as in the tests), on a random checkpoint of a preset (default `small`, 2
   edit: DualCFG    the same three contexts through stock DualCFGGuider (nested)
 
 Every path runs the same guidance work per step (cfg 4, interval 0-1, so two branches every step for text to image,
-three for the edit). A step's cost is the slope between a short and a longer run ((T(high) − T(low)) / (extra model
-steps)), so the prefill, the VAE and the node overhead cancel out. Rounds alternate the paths and the fastest run of
-each length counts, because other processes may share the CPU; CPU seconds of this process are printed beside wall
+three for the edit). A step's cost is timed inside the denoise loop, between the progress updates of its first
+and last step, so the prefill, the VAE and model loads are left out. Rounds alternate the paths and the fastest
+round counts, because other processes may share the CPU; CPU seconds of this process are printed beside wall
 seconds (the steadier number on a shared machine).
 
 Usage: python bench/bench_comfy_sampling.py --comfyui /path/to/ComfyUI [--preset small] [--size 256]
-                                             [--low 3] [--high 15] [--rounds 2] [--threads 1]
+                                             [--steps 15] [--rounds 2] [--threads 1]
 """
 from __future__ import annotations
 
@@ -162,28 +162,57 @@ class Paths:
         return self.custom_sample(guider, steps, self.edit_latent)
 
 
+class StepClock:
+    """Wall and CPU time at every progress update (one per denoise step on every path timed here: the pack's
+    node reports its steps, ComfyUI's samplers theirs), so a step's cost excludes the prefill, the VAE and any
+    model (re)load before the loop."""
+
+    def __init__(self):
+        import comfy.utils
+
+        self.marks: list[tuple[float, float]] = []
+        self._bar, self._original = comfy.utils.ProgressBar, comfy.utils.ProgressBar.update_absolute
+
+    def __enter__(self):
+        clock, original = self, self._original
+
+        def update_absolute(bar, value, total=None, preview=None):
+            clock.marks.append((time.perf_counter(), time.process_time()))
+            return original(bar, value, total, preview)
+
+        self._bar.update_absolute = update_absolute
+        return self
+
+    def __exit__(self, *exc):
+        self._bar.update_absolute = self._original
+
+    def per_step(self) -> tuple[float, float]:
+        """(wall, CPU) seconds per step between the first and the last step's update."""
+        if len(self.marks) < 3:
+            raise RuntimeError(f"saw {len(self.marks)} progress updates; run at least 3 timesteps")
+        (wall0, cpu0), (wall1, cpu1) = self.marks[0], self.marks[-1]
+        steps = len(self.marks) - 1
+        return (wall1 - wall0) / steps, (cpu1 - cpu0) / steps
+
+
 def timed(run, steps: int) -> tuple[float, float]:
-    wall, cpu = time.perf_counter(), time.process_time()
-    run(steps)
-    return time.perf_counter() - wall, time.process_time() - cpu
+    with StepClock() as clock:
+        run(steps)
+    if len(clock.marks) != steps - 1:  # another progress bar in the run would skew the per-step time
+        raise RuntimeError(f"expected {steps - 1} progress updates (one per model step), saw {len(clock.marks)}")
+    return clock.per_step()
 
 
-def measure(paths: dict, low: int, high: int, rounds: int) -> dict:
-    """{label: (wall s/step, CPU s/step)} from the fastest of the rounds' short and long runs."""
-    runs: dict[tuple[str, int], list[tuple[float, float]]] = {}
+def measure(paths: dict, steps: int, rounds: int) -> dict:
+    """{label: (wall s/step, CPU s/step)}: the fastest round of each path."""
+    runs: dict[str, list[tuple[float, float]]] = {label: [] for label in paths}
     for round_index in range(rounds):
         for label, run in paths.items():
-            for steps in (low, high):
-                runs.setdefault((label, steps), []).append(timed(run, steps))
-                wall, cpu = runs[(label, steps)][-1]
-                print(f"  round {round_index + 1}: {label}, {steps} timesteps: {wall:.2f} s wall, {cpu:.2f} s CPU",
-                      file=sys.stderr, flush=True)
-    results = {}
-    for label in paths:
-        fastest = {steps: (min(w for w, _ in runs[(label, steps)]), min(c for _, c in runs[(label, steps)]))
-                   for steps in (low, high)}
-        results[label] = tuple((fastest[high][i] - fastest[low][i]) / (high - low) for i in (0, 1))
-    return results
+            runs[label].append(timed(run, steps))
+            wall, cpu = runs[label][-1]
+            print(f"  round {round_index + 1}: {label}: {wall:.3f} s/step wall, {cpu:.3f} s/step CPU",
+                  file=sys.stderr, flush=True)
+    return {label: (min(w for w, _ in values), min(c for _, c in values)) for label, values in runs.items()}
 
 
 def report(title: str, results: dict, base: str) -> None:
@@ -200,8 +229,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", help="reuse this checkpoint folder instead of making a random one")
     parser.add_argument("--precision", default="auto", help="the loader's precision choice")
     parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--low", type=int, default=3, help="timesteps of the short run")
-    parser.add_argument("--high", type=int, default=15, help="timesteps of the long run")
+    parser.add_argument("--steps", type=int, default=15, help="BAGEL timesteps per run (steps - 1 model steps)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: less disturbed by a shared CPU)")
     parser.add_argument("--skip-edit", action="store_true")
@@ -220,21 +248,21 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"{torch.get_num_threads()} thread(s); ComfyUI {comfyui_version.__version__}; preset "
           f"{args.preset if not args.checkpoint else checkpoint}, precision {args.precision}, {args.size}x{args.size}; "
-          f"timesteps {args.low} vs {args.high}, cfg {CFG}, interval 0-1; {args.rounds} alternating rounds")
+          f"{args.steps} timesteps, cfg {CFG}, interval 0-1; {args.rounds} alternating rounds")
     t2i = {"t2i node": paths.t2i_node, "custom + BAGEL guider": paths.custom_bagel,
            "custom + stock CFGGuider": paths.custom_stock_cfg, "ksampler + stock CFG": paths.ksampler_stock_cfg}
     for run in t2i.values():  # warm up kernels and the model's first load
-        run(args.low)
+        run(3)
     print(f"text to image contexts: {paths.context_lengths(edit=False)}")
-    report("Text to image (two branches per step)", measure(t2i, args.low, args.high, args.rounds), "t2i node")
+    report("Text to image (two branches per step)", measure(t2i, args.steps, args.rounds), "t2i node")
     if not args.skip_edit:
         paths.prepare_edit()
         print(f"\nedit contexts: {paths.context_lengths(edit=True)}")
         edit = {"edit: BAGEL guider": paths.edit_bagel, "edit: stock DualCFGGuider": paths.edit_dual_cfg}
         for run in edit.values():
-            run(args.low)
+            run(3)
         report("Edit (three branches per step, prefixes of different lengths)",
-               measure(edit, args.low, args.high, args.rounds), "edit: BAGEL guider")
+               measure(edit, args.steps, args.rounds), "edit: BAGEL guider")
 
 
 if __name__ == "__main__":
