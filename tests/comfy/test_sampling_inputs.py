@@ -7,6 +7,7 @@ import torch
 from bagel_model.errors import BagelInputError
 from bagel_model.generation.images import patchify_latent, unpatchify_latent
 from bagel_model.generation.sampler import schedule
+from sampling_support import empty_latent
 
 WIDTH, HEIGHT = 64, 32  # not square, so a swapped height and width would show
 
@@ -22,13 +23,6 @@ def bagel_model(ours, tiny_checkpoint):
 
     folder_paths.add_model_folder_path("bagel", str(tiny_checkpoint.parent))
     return ours["BagelMoTModelLoader"]().load(tiny_checkpoint.name, "bf16", False)[0]
-
-
-def empty_sd3_latent(width, height, batch_size):
-    """Stock EmptySD3LatentImage (a V3 node on both ComfyUI versions)."""
-    from comfy_extras.nodes_sd3 import EmptySD3LatentImage
-
-    return EmptySD3LatentImage.execute(width=width, height=height, batch_size=batch_size).result[0]
 
 
 def text_to_image_noise(ours, bagel_model, monkeypatch, seed, batch_size):
@@ -54,7 +48,7 @@ def text_to_image_noise(ours, bagel_model, monkeypatch, seed, batch_size):
 @pytest.mark.parametrize("seed", [0, 2 ** 64 - 1])  # the last seed wraps to 0 for the batch's second image
 def test_noise_is_text_to_image_noise_in_comfy_layout(ours, bagel_model, monkeypatch, seed):
     packed, grid_h, grid_w = text_to_image_noise(ours, bagel_model, monkeypatch, seed, batch_size=2)
-    latent = empty_sd3_latent(WIDTH, HEIGHT, 2)
+    latent = empty_latent(WIDTH, HEIGHT, 2)
     noise_object = ours["BagelMoTNoise"]().get_noise(seed)[0]
     noise = noise_object.generate_noise(latent)
     assert noise_object.seed == seed  # SamplerCustomAdvanced passes it on to the sampler
@@ -67,12 +61,12 @@ def test_noise_is_text_to_image_noise_in_comfy_layout(ours, bagel_model, monkeyp
 
 
 def test_noise_of_a_latent_cut_from_a_batch_keeps_its_seed(ours, comfy_nodes):
-    latent = empty_sd3_latent(WIDTH, HEIGHT, 3)
+    latent = empty_latent(WIDTH, HEIGHT, 3)
     second = comfy_nodes.LatentFromBatch().frombatch(latent, 1, 1)[0]  # stock node: sets batch_index [1]
     noise = ours["BagelMoTNoise"]().get_noise(5)[0]
     assert torch.equal(noise.generate_noise(second), noise.generate_noise(latent)[1:2])
     assert torch.equal(noise.generate_noise(second), ours["BagelMoTNoise"]().get_noise(6)[0].generate_noise(
-        empty_sd3_latent(WIDTH, HEIGHT, 1)))
+        empty_latent(WIDTH, HEIGHT, 1)))
 
 
 def test_noise_refuses_latents_bagel_cannot_pack(ours):

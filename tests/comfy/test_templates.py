@@ -76,10 +76,15 @@ const [pack, done] = arguments;
 })();
 """
 # The card of one workflow, scrolled into view: the frontend loads a card's picture only while the card is visible
-# (1.27 also drops it again once scrolled away), so each card is checked while it is on screen.
+# (1.27 also drops it again once scrolled away; newer ones put no <img> in a card until it is near the view), so
+# each card is checked while it is on screen; a card without its picture yet is scrolled to and asked again.
 CARD_JS = """
 const img = Array.from(document.querySelectorAll("img")).find((el) => el.alt === arguments[0]);
-if (!img) return null;
+if (!img) {
+  const title = Array.from(document.querySelectorAll("h3")).find((el) => el.textContent.trim() === arguments[0]);
+  if (title) title.scrollIntoView({block: "center"});
+  return null;
+}
 let card = img;
 while (card.parentElement && !card.querySelector("h3")) card = card.parentElement;
 card.scrollIntoView({block: "center"});
