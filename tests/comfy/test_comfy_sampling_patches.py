@@ -93,3 +93,20 @@ def test_think_conditioning_equals_text_to_image_with_that_plan(ours, loaded):
                                                        thinking=plan, **settings)[1]["samples"]
     latent = sample(ours, model, conditioning, encode(clip, ""), 4)
     assert float((latent - reference).abs().max()) < LATENT_TOLERANCE
+
+
+def test_model_samples_the_same_with_dynamic_vram_on(ours, loaded, monkeypatch):
+    """ComfyUI 0.33 with Dynamic VRAM: ComfyUI's lazily built layers under the MODEL give the same latents."""
+    import comfy.model_management as mm
+
+    from test_dynamic_vram import enable_dynamic_vram
+
+    model, clip = loaded[2], loaded[3]
+    positive, negative = encode(clip, "a red cube"), encode(clip, "")
+    expected = sample(ours, model, positive, negative, 4)
+    mm.unload_all_models()
+    enable_dynamic_vram(monkeypatch)
+    dynamic = ours["BagelMoTModelLoader"]().load(loaded[0].folder, "bf16", False)
+    assert dynamic[2].model.diffusion_model is dynamic[0].pipeline.model.bagel
+    latent = sample(ours, dynamic[2], encode(dynamic[3], "a red cube"), encode(dynamic[3], ""), 4)
+    assert float((latent - expected).abs().max()) < LATENT_TOLERANCE

@@ -33,7 +33,8 @@ def image_batch(count=1, width=48, height=32):
 
 def test_pack_registers_prefixed_unique_nodes(comfy_nodes, ours):
     assert set(ours) == {"BagelMoTModelLoader", "BagelMoTTextToImage", "BagelMoTEdit", "BagelMoTUnderstand",
-                         "BagelMoTThink", "BagelMoTRemoteModel", "BagelMoTNoise", "BagelMoTSigmas"}
+                         "BagelMoTThink", "BagelMoTRemoteModel", "BagelMoTNoise", "BagelMoTSigmas",
+                         "BagelMoTContextImages", "BagelMoTGuider", "BagelMoTThinkConditioning"}
     assert not FORBIDDEN_IDS & set(comfy_nodes.NODE_CLASS_MAPPINGS.keys()) - set(ours)
     for name, cls in ours.items():
         assert comfy_nodes.NODE_DISPLAY_NAME_MAPPINGS[name].startswith("BAGEL-MoT")
