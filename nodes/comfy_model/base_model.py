@@ -83,6 +83,11 @@ class BagelMoTBaseModel(comfy.model_base.BaseModel):
 
     def extra_conds(self, **kwargs):
         request = context_of(kwargs, kwargs.get("prompt_type", "a"))
+        if kwargs.get("hooks") is not None:
+            # Hook keyframes change the weights between steps, after this prefill: refuse rather than use a
+            # prefix computed with other weights than the steps.
+            raise ValueError("BAGEL's MODEL does not take per-conditioning hooks (hook LoRAs/keyframes): its "
+                             "context is prefilled once per run. Apply LoRAs to the model with LoraLoaderModelOnly.")
         noise = kwargs["noise"]
         self.check_latent(noise)
         seed = kwargs.get("seed")

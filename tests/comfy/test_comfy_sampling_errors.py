@@ -98,3 +98,18 @@ def test_reversed_cfg_interval_is_refused(ours, loaded):
     with pytest.raises(ValueError, match="cfg_interval"):
         run_node(ours["BagelMoTGuider"], model=model, positive=encode(clip, "a cat"), negative=encode(clip, ""),
                  **dict(GUIDER, cfg_interval_start=0.9, cfg_interval_end=0.2))
+
+
+def test_hook_lora_on_a_conditioning_is_refused(ours, loaded):
+    import comfy.hooks
+    import node_helpers
+
+    model, clip = loaded[2], loaded[3]
+    rows, columns = model.model.diffusion_model.llm2vae.weight.shape
+    lora = {"diffusion_model.llm2vae.lora_up.weight": torch.zeros((rows, 1)),
+            "diffusion_model.llm2vae.lora_down.weight": torch.zeros((1, columns))}
+    hooks = comfy.hooks.create_hook_lora(lora, strength_model=1.0, strength_clip=0.0)
+    positive = node_helpers.conditioning_set_values(encode(clip, "a cat"), {"hooks": hooks})
+    guider = run_node(ours["BagelMoTGuider"], model=model, positive=positive, negative=encode(clip, ""), **GUIDER)[0]
+    with pytest.raises(ValueError, match="LoraLoaderModelOnly"):
+        sample(model, guider, empty_latent(32, 32))

@@ -124,7 +124,8 @@ def test_und_expert_lora_changes_the_prefix(ours, loaded, lora_files):
         out = original(**kwargs)
         context = out["bagel_prefix"].cond[0]
         if context.length:
-            captured.setdefault("keys", []).append(context.cache.keys(1, context.length).clone())  # layer 1: after q_proj of 0
+            # layer 1's keys: the first that depend on layer 0's q_proj
+            captured.setdefault("keys", []).append(context.cache.keys(1, context.length).clone())
         return out
 
     base.extra_conds = spy
