@@ -4,23 +4,8 @@ import math
 import pytest
 import torch
 
-from sampling_support import empty_latent, encode, run_node, stock
-
-GUIDER = dict(cfg_text_scale=4.0, cfg_img_scale=1.0, cfg_interval_start=0.4, cfg_interval_end=1.0,
-              cfg_renorm_min=0.0, cfg_renorm_type="global")
-
-
-@pytest.fixture(scope="module")
-def ours(comfy_nodes):
-    return comfy_nodes.NODE_CLASS_MAPPINGS
-
-
-@pytest.fixture(scope="module")
-def loaded(ours, tiny_checkpoint):
-    import folder_paths
-
-    folder_paths.add_model_folder_path("bagel", str(tiny_checkpoint.parent))
-    return ours["BagelMoTModelLoader"]().load(tiny_checkpoint.name, "bf16", False)
+from sampling_support import GUIDER, empty_latent, encode, run_node, stock
+from sampling_support import loaded, ours  # noqa: F401 (fixtures)
 
 
 class _Scaler(torch.nn.Module):

@@ -3,34 +3,16 @@ MultiGPU through ``cached_patcher_init``, and the think node's plan in a conditi
 import pytest
 import torch
 
-from sampling_support import empty_latent, encode, run_node, stock
+from sampling_support import GUIDER, bagel_guider, empty_latent, encode, run_node, sample_custom, stock
+from sampling_support import loaded, ours  # noqa: F401 (fixtures)
 
 WIDTH, HEIGHT, SEED = 32, 32, 3
-GUIDER = dict(cfg_text_scale=4.0, cfg_img_scale=1.0, cfg_interval_start=0.4, cfg_interval_end=1.0,
-              cfg_renorm_min=0.0, cfg_renorm_type="global")
 LATENT_TOLERANCE = 2e-4
 
 
-@pytest.fixture(scope="module")
-def ours(comfy_nodes):
-    return comfy_nodes.NODE_CLASS_MAPPINGS
-
-
-@pytest.fixture(scope="module")
-def loaded(ours, tiny_checkpoint):
-    import folder_paths
-
-    folder_paths.add_model_folder_path("bagel", str(tiny_checkpoint.parent))
-    return ours["BagelMoTModelLoader"]().load(tiny_checkpoint.name, "bf16", False)
-
-
 def sample(ours, model, positive, negative, steps, **scales):
-    guider = run_node(ours["BagelMoTGuider"], model=model, positive=positive, negative=negative,
-                      **dict(GUIDER, **scales))[0]
-    return run_node(stock("SamplerCustomAdvanced"), noise=run_node(ours["BagelMoTNoise"], seed=SEED)[0],
-                    guider=guider, sampler=run_node(stock("KSamplerSelect"), sampler_name="euler")[0],
-                    sigmas=run_node(ours["BagelMoTSigmas"], steps=steps, timestep_shift=3.0)[0],
-                    latent_image=empty_latent(WIDTH, HEIGHT))[0]["samples"]
+    guider = bagel_guider(ours, model, positive, negative, **scales)
+    return sample_custom(ours, guider, SEED, steps, empty_latent(WIDTH, HEIGHT))["samples"]
 
 
 class ForwardCount:
