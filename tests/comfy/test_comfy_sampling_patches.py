@@ -92,3 +92,23 @@ def test_model_samples_the_same_with_dynamic_vram_on(ours, loaded, monkeypatch):
     assert dynamic[2].model.diffusion_model is dynamic[0].pipeline.model.bagel
     latent = sample(ours, dynamic[2], encode(dynamic[3], "a red cube"), encode(dynamic[3], ""), 4)
     assert float((latent - expected).abs().max()) < LATENT_TOLERANCE
+
+
+def test_context_is_copied_to_the_device_of_the_rows(loaded):
+    """MultiGPU runs rows on a clone whose device differs from the one that prefilled the context: the rows get
+    a copy of every layer's K/V there (here 'meta', the only second device of a CPU machine)."""
+    from bagel_model.generation.context_request import ContextRequest, prefill_request
+    from bagel_model.generation.latent_velocity import context_on
+    from bagel_model.model.kv_cache import KVCache
+
+    handle = loaded[0]
+    runtime = handle.pipeline.runtime
+    context = prefill_request(runtime, handle.pipeline.tokenizer, ContextRequest(items=("a red cube",)), None)
+    assert context_on(context, torch.device("cpu")) is context
+    moved = context_on(context, torch.device("meta"))
+    assert isinstance(moved.cache, KVCache) and moved.length == context.length and moved.rope == context.rope
+    for layer in range(context.cache.num_layers):
+        for read in ("keys", "values"):
+            original = getattr(context.cache, read)(layer, context.length)
+            copied = getattr(moved.cache, read)(layer, moved.length)
+            assert copied.device.type == "meta" and copied.shape == original.shape and copied.dtype == original.dtype
