@@ -142,4 +142,11 @@ def test_dual_cfg_guider_nested_edit_is_bagels_formula_without_renorm(ours, load
     ours_guider = bagel_guider(ours, model, positive, without_text, without_images=without_images,
                                **dict(EDIT, cfg_renorm_min=1.0, cfg_renorm_type="global"))
     expected = sample_custom(ours, model, ours_guider)["samples"]
-    assert max_diff(sample_custom(ours, model, dual)["samples"], expected) < LATENT_TOLERANCE
+    counter = UndRows(handle.pipeline.model.bagel)
+    try:
+        got = sample_custom(ours, model, dual)["samples"]
+    finally:
+        counter.close()
+    assert max_diff(got, expected) < LATENT_TOLERANCE
+    # Contexts of three lengths, still one LM call per step: the marker rows of all three branches together.
+    assert counter.calls[-(STEPS - 1):] == [6] * (STEPS - 1) and counter.calls.count(6) == STEPS - 1
