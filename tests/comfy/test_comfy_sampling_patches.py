@@ -112,3 +112,19 @@ def test_context_is_copied_to_the_device_of_the_rows(loaded):
             original = getattr(context.cache, read)(layer, context.length)
             copied = getattr(moved.cache, read)(layer, moved.length)
             assert copied.device.type == "meta" and copied.shape == original.shape and copied.dtype == original.dtype
+
+
+@pytest.mark.parametrize("precision", ["fp16", "nf4", "int8", "fp8_e4m3fn"])
+def test_every_precision_samples_through_the_model_as_text_to_image(ours, tiny_checkpoint, precision):
+    """The MODEL computes with whatever layers the precision loads (quantized Linears included)."""
+    import comfy.model_management as mm
+
+    from sampling_support import load_outputs
+
+    handle, _, model, clip = load_outputs(ours, tiny_checkpoint, precision)
+    settings = dict(GUIDER, steps=4, timestep_shift=3.0)
+    reference = ours["BagelMoTTextToImage"]().generate(handle, "a red cube", WIDTH, HEIGHT, seed=SEED, batch_size=1,
+                                                       **settings)[1]["samples"]
+    latent = sample(ours, model, encode(clip, "a red cube"), encode(clip, ""), 4)
+    mm.unload_all_models()
+    assert float((latent - reference).abs().max()) < LATENT_TOLERANCE
