@@ -111,6 +111,15 @@ class BagelMoTBaseModel(comfy.model_base.BaseModel):
                 f"BAGEL denoises {channels}-channel FLUX latents [B,{channels},H/8,W/8]; this LATENT is shaped "
                 f"{list(latent.shape)}. Make it with EmptySD3LatentImage, or VAE Encode with the BAGEL-MoT Model "
                 "Loader's vae.")
+        patch = self.runtime.config.latent_patch_size
+        if latent.shape[2] % patch or latent.shape[3] % patch:
+            side, down = self.runtime.config.latent_downsample, self.runtime.config.ae.downsample
+            height, width = int(latent.shape[2]), int(latent.shape[3])
+            raise ValueError(
+                f"BAGEL packs 2x2 latent patches, so its LATENT needs an even size; this one is {width}x{height} "
+                f"(an image of {width * down}x{height * down}). Use image sizes that are multiples of {side}: for EmptySD3LatentImage "
+                f"set width and height to multiples of {side}; before VAE Encode, scale or crop the image to a "
+                f"multiple of {side} (e.g. Upscale Image or ImageCrop).")
         check_latent_size(self.runtime.config, int(latent.shape[2]), int(latent.shape[3]))
 
     def extra_conds_shapes(self, **kwargs):

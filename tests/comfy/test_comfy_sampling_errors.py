@@ -59,7 +59,7 @@ def test_another_models_conditioning_on_bagel_says_so(ours, loaded):
 
 @pytest.mark.parametrize("latent, message", [
     ({"samples": torch.ones((1, 4, 4, 4))}, "16-channel FLUX latents"),  # an all-zero one ComfyUI adapts
-    ({"samples": torch.zeros((1, 16, 5, 4))}, "whole number of 2x2 patches"),
+    ({"samples": torch.zeros((1, 16, 5, 4))}, "scale or crop the image to a multiple of 16"),
     ({"samples": torch.zeros((1, 16, 2, 130))}, "larger than the model's"),
 ])
 def test_latent_of_the_wrong_size_says_which_sizes_work(ours, loaded, latent, message):
