@@ -117,9 +117,9 @@ class BagelMoTBaseModel(comfy.model_base.BaseModel):
             height, width = int(latent.shape[2]), int(latent.shape[3])
             raise ValueError(
                 f"BAGEL packs 2x2 latent patches, so its LATENT needs an even size; this one is {width}x{height} "
-                f"(an image of {width * down}x{height * down}). Use image sizes that are multiples of {side}: for EmptySD3LatentImage "
-                f"set width and height to multiples of {side}; before VAE Encode, scale or crop the image to a "
-                f"multiple of {side} (e.g. Upscale Image or ImageCrop).")
+                f"(an image of {width * down}x{height * down}). Use image sizes that are multiples of {side}: "
+                f"for EmptySD3LatentImage set width and height to multiples of {side}; before VAE Encode, scale or "
+                f"crop the image to a multiple of {side} (e.g. Upscale Image or ImageCrop).")
         check_latent_size(self.runtime.config, int(latent.shape[2]), int(latent.shape[3]))
 
     def extra_conds_shapes(self, **kwargs):
