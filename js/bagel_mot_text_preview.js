@@ -1,10 +1,10 @@
-// Shows the text that BAGEL-MoT Understand / Think return in {"ui": {"text": [...]}} on the node.
+// Shows the text that BAGEL-MoT Understand / Think / Think into Conditioning return in {"ui": {"text": [...]}} on the node.
 // ComfyUI's frontend renders ui.text only for its own PreviewAny node, so this adds a read-only
 // text box the first time the node reports text. Works with frontends 1.27 through 1.58: it uses
 // only app.registerExtension, nodeType.prototype.onExecuted and ComfyWidgets.STRING.
 import { app } from "../../scripts/app.js";
 
-const TEXT_NODE_TYPES = new Set(["BagelMoTUnderstand", "BagelMoTThink"]);
+const TEXT_NODE_TYPES = new Set(["BagelMoTUnderstand", "BagelMoTThink", "BagelMoTThinkConditioning"]);
 export const PREVIEW_WIDGET_NAME = "bagel_mot_text";
 const SEPARATOR = "\n\n────────\n\n";
 

@@ -121,7 +121,9 @@ class BagelMoTModel:
         layers = [layer for name in GROUPS if name != "vae" for layer in groups[name]]
         base = BagelMoTBaseModel(self.pipeline, device=offload_device, dynamic_units=dynamic_vram_units(layers))
         base.before_load = self._unload_groups
-        model = bagel_patcher_class(patcher)(base, load_device=load_device, offload_device=offload_device)
+        # ModelPatcherDynamic hands a CPU load device a plain ModelPatcher (not our subclass): ask for that one.
+        kind = comfy.model_patcher.ModelPatcher if torch.device(load_device).type == "cpu" else patcher
+        model = bagel_patcher_class(kind)(base, load_device=load_device, offload_device=offload_device)
         model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, "bagel_mot_groups",
                                    self._before_sampling)
         return model

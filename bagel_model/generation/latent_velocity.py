@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import BagelInputError
-from ..model.kv_cache import Context
+from ..model.kv_cache import Context, KVCache
 from .batched_cfg import branch_hidden, velocities_from_hidden
 from .images import patchify_latent, unpatchify_latent
 from .runtime import BagelRuntime
@@ -38,6 +38,21 @@ def pack_latents(latents: torch.Tensor, patch: int) -> torch.Tensor:
 def unpack_latents(tokens: torch.Tensor, height: int, width: int, channels: int, patch: int) -> torch.Tensor:
     """(B, tokens, p·p·C) → (B, C, H, W)."""
     return torch.cat([unpatchify_latent(row, height // patch, width // patch, channels, patch) for row in tokens])
+
+
+def context_on(context: Context, device: torch.device) -> Context:
+    """``context`` with its K/V on ``device``: itself when they are there already, else a copy of its tokens
+    (a host that runs rows on several devices prefills a context once, on one of them)."""
+    cache = context.cache
+    stored = [cache.keys(layer, context.length) for layer in range(cache.num_layers)]
+    if all(keys is None or keys.device == torch.device(device) for keys in stored):
+        return context
+    copy = KVCache(cache.num_layers)
+    for layer in range(cache.num_layers):
+        values = cache.values(layer, context.length)
+        copy.write(layer, 0, stored[layer].to(device), values.to(device))
+    copy.length = context.length
+    return Context(copy, context.length, context.rope)
 
 
 @torch.no_grad()

@@ -14,6 +14,7 @@ step on ``x − σ·v`` is BAGEL's update. ComfyUI's sampler latents are ``proce
 scaled latents ``scale·(z − shift)`` with the checkpoint's own autoencoder factors (FLUX's for BAGEL-7B-MoT).
 """
 import logging
+import weakref
 
 import torch
 
@@ -25,7 +26,7 @@ import comfy.supported_models_base
 
 from bagel_model.checkpoint.memory import denoise_call_bytes
 from bagel_model.generation.context_request import ContextRequest, prefill_request
-from bagel_model.generation.latent_velocity import check_latent_size, latent_velocities
+from bagel_model.generation.latent_velocity import check_latent_size, context_on, latent_velocities
 
 from .conds import PREFIX_KEY, BagelPrefixCond
 from .context import CONTEXT_KEY, context_of
@@ -66,6 +67,8 @@ class BagelMoTBaseModel(comfy.model_base.BaseModel):
         # Called before this model loads outside a sampler (the think node); the loader makes it offload the
         # BAGEL nodes' patchers of the same layers.
         self.before_load = lambda: None
+        # Contexts copied to another device (MultiGPU), per prefilled cache: copied once per run, not per step.
+        self._moved = weakref.WeakKeyDictionary()
 
     @property
     def runtime(self):
@@ -83,6 +86,11 @@ class BagelMoTBaseModel(comfy.model_base.BaseModel):
 
     def extra_conds(self, **kwargs):
         request = context_of(kwargs, kwargs.get("prompt_type", "a"))
+        if kwargs.get("hooks") is not None:
+            # Hook keyframes change the weights between steps, after this prefill: refuse rather than use a
+            # prefix computed with other weights than the steps.
+            raise ValueError("BAGEL's MODEL does not take per-conditioning hooks (hook LoRAs/keyframes): its "
+                             "context is prefilled once per run. Apply LoRAs to the model with LoraLoaderModelOnly.")
         noise = kwargs["noise"]
         self.check_latent(noise)
         seed = kwargs.get("seed")
@@ -103,6 +111,15 @@ class BagelMoTBaseModel(comfy.model_base.BaseModel):
                 f"BAGEL denoises {channels}-channel FLUX latents [B,{channels},H/8,W/8]; this LATENT is shaped "
                 f"{list(latent.shape)}. Make it with EmptySD3LatentImage, or VAE Encode with the BAGEL-MoT Model "
                 "Loader's vae.")
+        patch = self.runtime.config.latent_patch_size
+        if latent.shape[2] % patch or latent.shape[3] % patch:
+            side, down = self.runtime.config.latent_downsample, self.runtime.config.ae.downsample
+            height, width = int(latent.shape[2]), int(latent.shape[3])
+            raise ValueError(
+                f"BAGEL packs 2x2 latent patches, so its LATENT needs an even size; this one is {width}x{height} "
+                f"(an image of {width * down}x{height * down}). Use image sizes that are multiples of {side}: "
+                f"for EmptySD3LatentImage set width and height to multiples of {side}; before VAE Encode, scale or "
+                f"crop the image to a multiple of {side} (e.g. Upscale Image or ImageCrop).")
         check_latent_size(self.runtime.config, int(latent.shape[2]), int(latent.shape[3]))
 
     def extra_conds_shapes(self, **kwargs):
@@ -152,6 +169,13 @@ class BagelMoTBaseModel(comfy.model_base.BaseModel):
         ).execute(xc, sigma, contexts, transformer_options)
         return self.model_sampling.calculate_denoised(sigma, velocity.float(), x)
 
+    def _context_on(self, context, device):
+        copies = self._moved.setdefault(context.cache, {})
+        key = (device, context.length, context.rope)
+        if key not in copies:
+            copies[key] = context_on(context, device)
+        return copies[key]
+
     def _diffusion_forward(self, x, sigma, contexts, transformer_options):
         """Velocity (x's layout) of every row against its own context; rows at the same sigma (all of them, in
         every stock sampler) share one LM call."""
@@ -159,11 +183,13 @@ class BagelMoTBaseModel(comfy.model_base.BaseModel):
         if len(contexts) != x.shape[0]:
             raise ValueError(f"BAGEL got {x.shape[0]} latent rows but {len(contexts)} contexts; each row needs "
                              "its conditioning's context.")
+        if runtime.device != x.device:  # a MultiGPU clone computes where its rows are
+            runtime.device = x.device
+        contexts = [self._context_on(context, x.device) for context in contexts]
         sigma = sigma.reshape(-1).expand(x.shape[0]) if sigma.numel() == 1 else sigma.reshape(-1)
         out = torch.empty(x.shape, dtype=runtime.dtype, device=x.device)
         for value in torch.unique(sigma):
             rows = (sigma == value).nonzero().flatten().tolist()
-            velocity = latent_velocities(runtime, [contexts[row] for row in rows], x[rows].to(runtime.device),
-                                         value.to(torch.float32))
+            velocity = latent_velocities(runtime, [contexts[row] for row in rows], x[rows], value.to(torch.float32))
             out[rows] = velocity.to(x.device, out.dtype)
         return out

@@ -1,5 +1,6 @@
 """Helpers for the tests of BAGEL inside ComfyUI's own sampling: stock nodes called the way each ComfyUI version
 defines them (V1 classes on 0.3.64, V3 ``io.ComfyNode`` on 0.33), and a counter of understanding-expert rows."""
+import pytest
 import torch
 
 
@@ -58,3 +59,47 @@ class UndRows:
     @property
     def rows(self) -> int:
         return sum(self.calls)
+
+
+# Text to Image's guidance defaults, as the BAGEL guider's widgets take them.
+GUIDER = dict(cfg_text_scale=4.0, cfg_img_scale=1.0, cfg_interval_start=0.4, cfg_interval_end=1.0,
+              cfg_renorm_min=0.0, cfg_renorm_type="global")
+
+
+def load_outputs(ours, tiny_checkpoint, precision: str = "bf16") -> tuple:
+    """The loader's (bagel_model, vae, model, clip) for the tiny checkpoint."""
+    import folder_paths
+
+    folder_paths.add_model_folder_path("bagel", str(tiny_checkpoint.parent))
+    return ours["BagelMoTModelLoader"]().load(tiny_checkpoint.name, precision, False)
+
+
+def bagel_guider(ours, model, positive, negative, **scales):
+    return run_node(ours["BagelMoTGuider"], model=model, positive=positive, negative=negative,
+                    **dict(GUIDER, **scales))[0]
+
+
+def sample_custom(ours, guider, seed: int, steps: int, latent, shift: float = 3.0):
+    """SamplerCustomAdvanced with BAGEL-MoT Noise and Schedule and the euler sampler: the output LATENT."""
+    noise = run_node(ours["BagelMoTNoise"], seed=seed)[0]
+    sigmas = run_node(ours["BagelMoTSigmas"], steps=steps, timestep_shift=shift)[0]
+    sampler = run_node(stock("KSamplerSelect"), sampler_name="euler")[0]
+    return run_node(stock("SamplerCustomAdvanced"), noise=noise, guider=guider, sampler=sampler, sigmas=sigmas,
+                    latent_image=latent)[0]
+
+
+def max_diff(a, b) -> float:
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return float((a.detach().float() - b.detach().float()).abs().max())
+
+
+@pytest.fixture(scope="module")
+def ours(comfy_nodes):
+    """The pack's nodes as ComfyUI registered them (fixture: import it into a test module)."""
+    return comfy_nodes.NODE_CLASS_MAPPINGS
+
+
+@pytest.fixture(scope="module")
+def loaded(ours, tiny_checkpoint):
+    """The loader's four outputs for the tiny checkpoint in bf16 (fixture: import it into a test module)."""
+    return load_outputs(ours, tiny_checkpoint)

@@ -10,46 +10,17 @@ of float32 rounding size (measured below 1e-5 on the latents), nowhere near a vi
 import pytest
 import torch
 
-from sampling_support import UndRows, empty_latent, encode, run_node, stock
+from sampling_support import (GUIDER, UndRows, bagel_guider, empty_latent, encode, max_diff, run_node,
+                              sample_custom as sample_with, stock)
+from sampling_support import loaded, ours  # noqa: F401 (fixtures)
 
 WIDTH, HEIGHT, SEED, STEPS = 64, 48, 7, 5
 LATENT_TOLERANCE = 2e-4
 PIXEL_TOLERANCE = 2e-4
-GUIDER = dict(cfg_text_scale=4.0, cfg_img_scale=1.0, cfg_interval_start=0.4, cfg_interval_end=1.0,
-              cfg_renorm_min=0.0, cfg_renorm_type="global")
 
 
-@pytest.fixture(scope="module")
-def ours(comfy_nodes):
-    return comfy_nodes.NODE_CLASS_MAPPINGS
-
-
-@pytest.fixture(scope="module")
-def loaded(ours, tiny_checkpoint):
-    import folder_paths
-
-    folder_paths.add_model_folder_path("bagel", str(tiny_checkpoint.parent))
-    return ours["BagelMoTModelLoader"]().load(tiny_checkpoint.name, "bf16", False)
-
-
-def sample_custom(ours, model, guider, seed=SEED, steps=STEPS, width=WIDTH, height=HEIGHT, latent=None,
-                  shift=3.0):
-    noise = run_node(ours["BagelMoTNoise"], seed=seed)[0]
-    sigmas = run_node(ours["BagelMoTSigmas"], steps=steps, timestep_shift=shift)[0]
-    sampler = run_node(stock("KSamplerSelect"), sampler_name="euler")[0]
-    latent = latent if latent is not None else empty_latent(width, height)
-    return run_node(stock("SamplerCustomAdvanced"), noise=noise, guider=guider, sampler=sampler, sigmas=sigmas,
-                    latent_image=latent)[0]
-
-
-def bagel_guider(ours, model, positive, negative, **scales):
-    return run_node(ours["BagelMoTGuider"], model=model, positive=positive, negative=negative,
-                    **dict(GUIDER, **scales))[0]
-
-
-def max_diff(a, b) -> float:
-    assert a.shape == b.shape, (a.shape, b.shape)
-    return float((a.detach().float() - b.detach().float()).abs().max())
+def sample_custom(ours, model, guider):
+    return sample_with(ours, guider, SEED, STEPS, empty_latent(WIDTH, HEIGHT))
 
 
 def test_loader_outputs_model_and_clip_on_the_same_weights(loaded):
@@ -171,4 +142,11 @@ def test_dual_cfg_guider_nested_edit_is_bagels_formula_without_renorm(ours, load
     ours_guider = bagel_guider(ours, model, positive, without_text, without_images=without_images,
                                **dict(EDIT, cfg_renorm_min=1.0, cfg_renorm_type="global"))
     expected = sample_custom(ours, model, ours_guider)["samples"]
-    assert max_diff(sample_custom(ours, model, dual)["samples"], expected) < LATENT_TOLERANCE
+    counter = UndRows(handle.pipeline.model.bagel)
+    try:
+        got = sample_custom(ours, model, dual)["samples"]
+    finally:
+        counter.close()
+    assert max_diff(got, expected) < LATENT_TOLERANCE
+    # Contexts of three lengths, still one LM call per step: the marker rows of all three branches together.
+    assert counter.calls[-(STEPS - 1):] == [6] * (STEPS - 1) and counter.calls.count(6) == STEPS - 1

@@ -4,23 +4,8 @@ import math
 import pytest
 import torch
 
-from sampling_support import empty_latent, encode, run_node, stock
-
-GUIDER = dict(cfg_text_scale=4.0, cfg_img_scale=1.0, cfg_interval_start=0.4, cfg_interval_end=1.0,
-              cfg_renorm_min=0.0, cfg_renorm_type="global")
-
-
-@pytest.fixture(scope="module")
-def ours(comfy_nodes):
-    return comfy_nodes.NODE_CLASS_MAPPINGS
-
-
-@pytest.fixture(scope="module")
-def loaded(ours, tiny_checkpoint):
-    import folder_paths
-
-    folder_paths.add_model_folder_path("bagel", str(tiny_checkpoint.parent))
-    return ours["BagelMoTModelLoader"]().load(tiny_checkpoint.name, "bf16", False)
+from sampling_support import GUIDER, empty_latent, encode, run_node, stock
+from sampling_support import loaded, ours  # noqa: F401 (fixtures)
 
 
 class _Scaler(torch.nn.Module):
@@ -74,7 +59,7 @@ def test_another_models_conditioning_on_bagel_says_so(ours, loaded):
 
 @pytest.mark.parametrize("latent, message", [
     ({"samples": torch.ones((1, 4, 4, 4))}, "16-channel FLUX latents"),  # an all-zero one ComfyUI adapts
-    ({"samples": torch.zeros((1, 16, 5, 4))}, "whole number of 2x2 patches"),
+    ({"samples": torch.zeros((1, 16, 5, 4))}, "scale or crop the image to a multiple of 16"),
     ({"samples": torch.zeros((1, 16, 2, 130))}, "larger than the model's"),
 ])
 def test_latent_of_the_wrong_size_says_which_sizes_work(ours, loaded, latent, message):
@@ -98,3 +83,18 @@ def test_reversed_cfg_interval_is_refused(ours, loaded):
     with pytest.raises(ValueError, match="cfg_interval"):
         run_node(ours["BagelMoTGuider"], model=model, positive=encode(clip, "a cat"), negative=encode(clip, ""),
                  **dict(GUIDER, cfg_interval_start=0.9, cfg_interval_end=0.2))
+
+
+def test_hook_lora_on_a_conditioning_is_refused(ours, loaded):
+    import comfy.hooks
+    import node_helpers
+
+    model, clip = loaded[2], loaded[3]
+    rows, columns = model.model.diffusion_model.llm2vae.weight.shape
+    lora = {"diffusion_model.llm2vae.lora_up.weight": torch.zeros((rows, 1)),
+            "diffusion_model.llm2vae.lora_down.weight": torch.zeros((1, columns))}
+    hooks = comfy.hooks.create_hook_lora(lora, strength_model=1.0, strength_clip=0.0)
+    positive = node_helpers.conditioning_set_values(encode(clip, "a cat"), {"hooks": hooks})
+    guider = run_node(ours["BagelMoTGuider"], model=model, positive=positive, negative=encode(clip, ""), **GUIDER)[0]
+    with pytest.raises(ValueError, match="LoraLoaderModelOnly"):
+        sample(model, guider, empty_latent(32, 32))

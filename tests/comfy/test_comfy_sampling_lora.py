@@ -6,7 +6,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from sampling_support import empty_latent, encode, run_node, stock
+from sampling_support import bagel_guider, empty_latent, encode, load_outputs, run_node, sample_custom
+from sampling_support import ours  # noqa: F401 (fixture)
 
 WIDTH, HEIGHT, SEED, STEPS, RANK, ALPHA = 32, 32, 11, 4, 2, 4.0
 UND_KEY = "language_model.model.layers.0.self_attn.q_proj"
@@ -18,16 +19,8 @@ TOLERANCE = 1e-4
 
 
 @pytest.fixture(scope="module")
-def ours(comfy_nodes):
-    return comfy_nodes.NODE_CLASS_MAPPINGS
-
-
-@pytest.fixture(scope="module")
 def loaded(ours, tiny_checkpoint):
-    import folder_paths
-
-    folder_paths.add_model_folder_path("bagel", str(tiny_checkpoint.parent))
-    return ours["BagelMoTModelLoader"]().load(tiny_checkpoint.name, "fp32", False)
+    return load_outputs(ours, tiny_checkpoint, "fp32")
 
 
 def factors(bagel, key, generator):
@@ -79,13 +72,8 @@ def with_lora(model, name, strength=1.0):
 def sample(ours, model, clip):
     import comfy.model_management
 
-    guider = run_node(ours["BagelMoTGuider"], model=model, positive=encode(clip, "a red cube"),
-                      negative=encode(clip, ""), cfg_text_scale=4.0, cfg_img_scale=1.0, cfg_interval_start=0.0,
-                      cfg_interval_end=1.0, cfg_renorm_min=0.0, cfg_renorm_type="global")[0]
-    latent = run_node(stock("SamplerCustomAdvanced"), noise=run_node(ours["BagelMoTNoise"], seed=SEED)[0],
-                      guider=guider, sampler=run_node(stock("KSamplerSelect"), sampler_name="euler")[0],
-                      sigmas=run_node(ours["BagelMoTSigmas"], steps=STEPS, timestep_shift=3.0)[0],
-                      latent_image=empty_latent(WIDTH, HEIGHT))[0]["samples"]
+    guider = bagel_guider(ours, model, encode(clip, "a red cube"), encode(clip, ""), cfg_interval_start=0.0)
+    latent = sample_custom(ours, guider, SEED, STEPS, empty_latent(WIDTH, HEIGHT))["samples"]
     comfy.model_management.unload_all_models()  # unpatches: the next run starts from the file's weights
     return latent
 
@@ -124,7 +112,8 @@ def test_und_expert_lora_changes_the_prefix(ours, loaded, lora_files):
         out = original(**kwargs)
         context = out["bagel_prefix"].cond[0]
         if context.length:
-            captured.setdefault("keys", []).append(context.cache.keys(1, context.length).clone())  # layer 1: after q_proj of 0
+            # layer 1's keys: the first that depend on layer 0's q_proj
+            captured.setdefault("keys", []).append(context.cache.keys(1, context.length).clone())
         return out
 
     base.extra_conds = spy
@@ -143,14 +132,8 @@ def test_bagel_nodes_do_not_see_the_models_lora(ours, loaded, lora_files):
                     timestep_shift=3.0, cfg_renorm_min=0.0, cfg_renorm_type="global")
     before = ours["BagelMoTTextToImage"]().generate(handle, "a cat", WIDTH, HEIGHT, seed=1, batch_size=1,
                                                     **settings)[1]["samples"]
-    guider = run_node(ours["BagelMoTGuider"], model=with_lora(model, "comfy_und.safetensors"),
-                      positive=encode(clip, "a cat"), negative=encode(clip, ""), cfg_text_scale=4.0,
-                      cfg_img_scale=1.0, cfg_interval_start=0.4, cfg_interval_end=1.0, cfg_renorm_min=0.0,
-                      cfg_renorm_type="global")[0]
-    run_node(stock("SamplerCustomAdvanced"), noise=run_node(ours["BagelMoTNoise"], seed=1)[0], guider=guider,
-             sampler=run_node(stock("KSamplerSelect"), sampler_name="euler")[0],
-             sigmas=run_node(ours["BagelMoTSigmas"], steps=3, timestep_shift=3.0)[0],
-             latent_image=empty_latent(WIDTH, HEIGHT))  # leaves the LoRA'd MODEL loaded
+    guider = bagel_guider(ours, with_lora(model, "comfy_und.safetensors"), encode(clip, "a cat"), encode(clip, ""))
+    sample_custom(ours, guider, 1, 3, empty_latent(WIDTH, HEIGHT))  # leaves the LoRA'd MODEL loaded
     after = ours["BagelMoTTextToImage"]().generate(handle, "a cat", WIDTH, HEIGHT, seed=1, batch_size=1,
                                                    **settings)[1]["samples"]
     assert torch.equal(before, after)

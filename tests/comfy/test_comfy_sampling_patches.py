@@ -3,34 +3,16 @@ MultiGPU through ``cached_patcher_init``, and the think node's plan in a conditi
 import pytest
 import torch
 
-from sampling_support import empty_latent, encode, run_node, stock
+from sampling_support import GUIDER, bagel_guider, empty_latent, encode, run_node, sample_custom, stock
+from sampling_support import loaded, ours  # noqa: F401 (fixtures)
 
 WIDTH, HEIGHT, SEED = 32, 32, 3
-GUIDER = dict(cfg_text_scale=4.0, cfg_img_scale=1.0, cfg_interval_start=0.4, cfg_interval_end=1.0,
-              cfg_renorm_min=0.0, cfg_renorm_type="global")
 LATENT_TOLERANCE = 2e-4
 
 
-@pytest.fixture(scope="module")
-def ours(comfy_nodes):
-    return comfy_nodes.NODE_CLASS_MAPPINGS
-
-
-@pytest.fixture(scope="module")
-def loaded(ours, tiny_checkpoint):
-    import folder_paths
-
-    folder_paths.add_model_folder_path("bagel", str(tiny_checkpoint.parent))
-    return ours["BagelMoTModelLoader"]().load(tiny_checkpoint.name, "bf16", False)
-
-
 def sample(ours, model, positive, negative, steps, **scales):
-    guider = run_node(ours["BagelMoTGuider"], model=model, positive=positive, negative=negative,
-                      **dict(GUIDER, **scales))[0]
-    return run_node(stock("SamplerCustomAdvanced"), noise=run_node(ours["BagelMoTNoise"], seed=SEED)[0],
-                    guider=guider, sampler=run_node(stock("KSamplerSelect"), sampler_name="euler")[0],
-                    sigmas=run_node(ours["BagelMoTSigmas"], steps=steps, timestep_shift=3.0)[0],
-                    latent_image=empty_latent(WIDTH, HEIGHT))[0]["samples"]
+    guider = bagel_guider(ours, model, positive, negative, **scales)
+    return sample_custom(ours, guider, SEED, steps, empty_latent(WIDTH, HEIGHT))["samples"]
 
 
 class ForwardCount:
@@ -92,4 +74,57 @@ def test_think_conditioning_equals_text_to_image_with_that_plan(ours, loaded):
     reference = ours["BagelMoTTextToImage"]().generate(handle, "a red cube", WIDTH, HEIGHT, seed=SEED, batch_size=1,
                                                        thinking=plan, **settings)[1]["samples"]
     latent = sample(ours, model, conditioning, encode(clip, ""), 4)
+    assert float((latent - reference).abs().max()) < LATENT_TOLERANCE
+
+
+def test_model_samples_the_same_with_dynamic_vram_on(ours, loaded, monkeypatch):
+    """ComfyUI 0.33 with Dynamic VRAM: ComfyUI's lazily built layers under the MODEL give the same latents."""
+    import comfy.model_management as mm
+
+    from test_dynamic_vram import enable_dynamic_vram
+
+    model, clip = loaded[2], loaded[3]
+    positive, negative = encode(clip, "a red cube"), encode(clip, "")
+    expected = sample(ours, model, positive, negative, 4)
+    mm.unload_all_models()
+    enable_dynamic_vram(monkeypatch)
+    dynamic = ours["BagelMoTModelLoader"]().load(loaded[0].folder, "bf16", False)
+    assert dynamic[2].model.diffusion_model is dynamic[0].pipeline.model.bagel
+    latent = sample(ours, dynamic[2], encode(dynamic[3], "a red cube"), encode(dynamic[3], ""), 4)
+    assert float((latent - expected).abs().max()) < LATENT_TOLERANCE
+
+
+def test_context_is_copied_to_the_device_of_the_rows(loaded):
+    """MultiGPU runs rows on a clone whose device differs from the one that prefilled the context: the rows get
+    a copy of every layer's K/V there (here 'meta', the only second device of a CPU machine)."""
+    from bagel_model.generation.context_request import ContextRequest, prefill_request
+    from bagel_model.generation.latent_velocity import context_on
+    from bagel_model.model.kv_cache import KVCache
+
+    handle = loaded[0]
+    runtime = handle.pipeline.runtime
+    context = prefill_request(runtime, handle.pipeline.tokenizer, ContextRequest(items=("a red cube",)), None)
+    assert context_on(context, torch.device("cpu")) is context
+    moved = context_on(context, torch.device("meta"))
+    assert isinstance(moved.cache, KVCache) and moved.length == context.length and moved.rope == context.rope
+    for layer in range(context.cache.num_layers):
+        for read in ("keys", "values"):
+            original = getattr(context.cache, read)(layer, context.length)
+            copied = getattr(moved.cache, read)(layer, moved.length)
+            assert copied.device.type == "meta" and copied.shape == original.shape and copied.dtype == original.dtype
+
+
+@pytest.mark.parametrize("precision", ["fp16", "nf4", "int8", "fp8_e4m3fn"])
+def test_every_precision_samples_through_the_model_as_text_to_image(ours, tiny_checkpoint, precision):
+    """The MODEL computes with whatever layers the precision loads (quantized Linears included)."""
+    import comfy.model_management as mm
+
+    from sampling_support import load_outputs
+
+    handle, _, model, clip = load_outputs(ours, tiny_checkpoint, precision)
+    settings = dict(GUIDER, steps=4, timestep_shift=3.0)
+    reference = ours["BagelMoTTextToImage"]().generate(handle, "a red cube", WIDTH, HEIGHT, seed=SEED, batch_size=1,
+                                                       **settings)[1]["samples"]
+    latent = sample(ours, model, encode(clip, "a red cube"), encode(clip, ""), 4)
+    mm.unload_all_models()
     assert float((latent - reference).abs().max()) < LATENT_TOLERANCE
