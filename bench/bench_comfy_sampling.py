@@ -233,6 +233,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: less disturbed by a shared CPU)")
     parser.add_argument("--skip-edit", action="store_true")
+    parser.add_argument("--only", action="append",
+                        help="time only the text-to-image paths whose label contains this (repeatable)")
     args = parser.parse_args()
     if not args.comfyui or not (Path(args.comfyui) / "main.py").is_file():
         parser.error(f"--comfyui (or COMFYUI_PATH) must be a ComfyUI source folder with main.py, got {args.comfyui!r}")
@@ -251,6 +253,8 @@ def main() -> None:
           f"{args.steps} timesteps, cfg {CFG}, interval 0-1; {args.rounds} alternating rounds")
     t2i = {"t2i node": paths.t2i_node, "custom + BAGEL guider": paths.custom_bagel,
            "custom + stock CFGGuider": paths.custom_stock_cfg, "ksampler + stock CFG": paths.ksampler_stock_cfg}
+    if args.only:
+        t2i = {label: run for label, run in t2i.items() if any(part in label for part in args.only)}
     for run in t2i.values():  # warm up kernels and the model's first load
         run(3)
     print(f"text to image contexts: {paths.context_lengths(edit=False)}")
