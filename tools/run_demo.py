@@ -31,7 +31,8 @@ from comfy_http import ComfyClient, locate_comfyui, ui_to_api
 from demo_settings import lower_for_demo, text_cap, what_ran
 
 PACK_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(PACK_ROOT))  # the pack's pure-PyTorch core, for its checkpoint rules and demo checkpoint
+if str(PACK_ROOT) not in sys.path:  # the pack's pure-PyTorch core: its checkpoint rules and demo checkpoint
+    sys.path.append(str(PACK_ROOT))  # appended: the pack's nodes/ must never shadow ComfyUI's nodes module
 from bagel_model import make_test_checkpoint  # noqa: E402
 from bagel_model.checkpoint.listing import checkpoint_choices  # noqa: E402
 

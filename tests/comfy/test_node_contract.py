@@ -177,6 +177,8 @@ def test_model_is_managed_by_comfyui_memory_manager(ours, model):
 def test_validation_messages_name_the_input_and_fix(ours, tiny_checkpoint):
     t2i, edit, loader = ours["BagelMoTTextToImage"], ours["BagelMoTEdit"], ours["BagelMoTModelLoader"]
     assert "multiples of 16" in t2i.VALIDATE_INPUTS(prompt="x", width=100, height=64)
+    assert t2i.VALIDATE_INPUTS(prompt="x", width=100, height=64).endswith("use 96 or 112.")
+    assert t2i.VALIDATE_INPUTS(prompt="x", width=64, height=2000).endswith("use 1024.")
     assert "'prompt' is empty" in t2i.VALIDATE_INPUTS(prompt=" ", width=64, height=64)
     assert "start <= end" in t2i.VALIDATE_INPUTS(prompt="x", cfg_interval_start=0.9, cfg_interval_end=0.1)
     assert t2i.VALIDATE_INPUTS(prompt=None, width=None, height=None) is True  # linked inputs
