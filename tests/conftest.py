@@ -45,6 +45,7 @@ def comfyui_path_problem() -> str | None:
     return f"COMFYUI_PATH={raw!r} has no main.py"
 
 
+@pytest.hookimpl(trylast=True)  # after -k/-m have chosen: only the chosen tests that need ComfyUI count
 def pytest_collection_modifyitems(config, items):
     problem = comfyui_path_problem()
     needing = [item for item in items if NEEDS_COMFYUI in getattr(item, "fixturenames", ())]

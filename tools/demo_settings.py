@@ -5,7 +5,7 @@ workflow needs no change here; the report is read from the prompt as it was subm
 import copy
 
 # Upper limits on the demo checkpoint: a CPU run of each bundled workflow stays near a minute (README, set-up).
-DEMO_LIMITS = {"width": 256, "height": 256, "steps": 20, "max_new_tokens": 48, "max_think_tokens": 48}
+DEMO_LIMITS = {"width": 256, "height": 256, "steps": 10, "max_new_tokens": 48, "max_think_tokens": 48}
 # An edit's own size choices (native, match_input) follow the input image (768x768 for ComfyUI's example.png):
 # the demo generates at width x height instead.
 SIZE_CHOICE, SIZE_CHOICE_DEMO = "output_size", "custom"

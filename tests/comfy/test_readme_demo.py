@@ -100,7 +100,7 @@ def _run_demo(comfyui_path, base, timeout=1200, env=None):
 def _check_demo_report(report: str, comfyui: Path) -> None:
     demo = comfyui / "models" / "bagel" / "BAGEL-demo-random"
     assert f"on {demo} (ComfyUI start-up" in report and "images are noise" in report
-    assert ("BagelMoTTextToImage (node 2): 256x256, 20 steps (the workflow file has 1024x1024, 50 steps; lowered "
+    assert ("BagelMoTTextToImage (node 2): 256x256, 10 steps (the workflow file has 1024x1024, 50 steps; lowered "
             "for the demo)") in report
     assert f'download ByteDance-Seed/BAGEL-7B-MoT --local-dir "{comfyui / "models" / "bagel" / "BAGEL-7B-MoT"}"' \
         in report
@@ -174,3 +174,37 @@ def test_demo_shows_comfyui_log_and_fix_when_comfyui_cannot_start(comfyui_path, 
                             timeout=300)
     assert pasted.returncode == 1 and "ComfyUI exited with code" in pasted.stderr, pasted.stderr[-3000:]
     assert "has no main.py" not in pasted.stderr
+
+
+def test_demo_lowering_and_report_go_by_input_names_for_any_node():
+    """Stock nodes (EmptySD3LatentImage, KSampler) and the pack's alike; links and small values untouched; the
+    report says what was submitted and, where lowered, what the workflow file has."""
+    from demo_settings import lower_for_demo, text_cap, what_ran
+
+    original = {
+        "1": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 1024, "height": 768, "batch_size": 1}},
+        "2": {"class_type": "KSampler", "inputs": {"steps": 30, "seed": 5, "latent_image": ["1", 0]}},
+        "3": {"class_type": "BagelMoTSigmas", "inputs": {"steps": ["9", 0]}},
+        "4": {"class_type": "BagelMoTEdit", "_meta": {"title": "Edit"},
+              "inputs": {"output_size": "native", "width": 1024, "height": 1024, "steps": 50}},
+        "5": {"class_type": "BagelMoTUnderstand", "inputs": {"max_new_tokens": 512}},
+        "6": {"class_type": "ImageScale", "inputs": {"width": 128, "height": 128}},
+    }
+    object_info = {"BagelMoTEdit": {"input": {"required": {
+        "output_size": [["native", "match_input", "custom"], {}]}}}}
+    submitted = lower_for_demo(original, object_info)
+    assert original["1"]["inputs"]["width"] == 1024  # the original prompt is left as it was
+    assert submitted["1"]["inputs"] == {"width": 256, "height": 256, "batch_size": 1}
+    assert submitted["2"]["inputs"]["steps"] == 10 and submitted["3"]["inputs"]["steps"] == ["9", 0]
+    assert submitted["4"]["inputs"] == {"output_size": "custom", "width": 256, "height": 256, "steps": 10}
+    assert submitted["6"] == original["6"]
+    assert what_ran(submitted, original) == [
+        "EmptySD3LatentImage (node 1): 256x256 (the workflow file has 1024x768; lowered for the demo)",
+        "KSampler (node 2): 10 steps (the workflow file has 30 steps; lowered for the demo)",
+        "Edit (node 4): output_size custom, 256x256, 10 steps (the workflow file has output_size native, 50 steps; "
+        "lowered for the demo)",
+        "BagelMoTUnderstand (node 5): at most 48 new tokens (the workflow file has at most 512 new tokens; lowered "
+        "for the demo)",
+        "ImageScale (node 6): 128x128",
+    ]
+    assert text_cap(submitted) == 48
