@@ -15,7 +15,6 @@ import copy
 import importlib.util
 import json
 import logging
-import os
 import re
 import shlex
 import shutil

@@ -10,6 +10,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+import run_demo
+
 
 def _state(path: Path) -> dict:
     with safe_open(str(path), framework="pt") as reader:
@@ -120,8 +122,6 @@ def test_fp8_file_beside_the_official_weights_loads_in_fp8_with_auto(loader):
 def test_the_demo_takes_every_checkpoint_the_loader_lists_as_real_weights(loader, roots, tmp_path):
     """tools/run_demo.py decides "real weights or the random demo checkpoint" by the loader's own list: a
     fine-tune folder, a folder's extra weights file, a single file and a GGUF file each count."""
-    import run_demo
-
     for name in ("BAGEL-RecA-tiny", "bagel_comfy_tiny.safetensors", "bagel-Q4_K.gguf"):
         models_bagel = tmp_path / name / "bagel"
         (models_bagel / run_demo.DEMO_FOLDER).mkdir(parents=True)

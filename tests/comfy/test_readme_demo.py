@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from comfy_server import REPO_ROOT
+from demo_settings import lower_for_demo, text_cap, what_ran
 
 PACK_CLONE_NAME = "ComfyUI-BagelMoT"
 
@@ -179,8 +180,6 @@ def test_demo_shows_comfyui_log_and_fix_when_comfyui_cannot_start(comfyui_path, 
 def test_demo_lowering_and_report_go_by_input_names_for_any_node():
     """Stock nodes (EmptySD3LatentImage, KSampler) and the pack's alike; links and small values untouched; the
     report says what was submitted and, where lowered, what the workflow file has."""
-    from demo_settings import lower_for_demo, text_cap, what_ran
-
     original = {
         "1": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 1024, "height": 768, "batch_size": 1}},
         "2": {"class_type": "KSampler", "inputs": {"steps": 30, "seed": 5, "latent_image": ["1", 0]}},
