@@ -44,7 +44,7 @@ def _choices(object_info: dict, class_type: str, name: str) -> list:
 
 
 def describe(inputs: dict) -> str:
-    """'output_size custom, 256x256, 20 steps, at most 48 new tokens' from a node's literal inputs."""
+    """'output_size custom, 256x256, 10 steps, at most 48 new tokens' from a node's literal inputs."""
     values = {name: _literal(inputs, name) for name in REPORTED}
     parts = [f"output_size {values['output_size']}"] if values["output_size"] is not None else []
     size_used = values["output_size"] in (None, SIZE_CHOICE_DEMO)  # native/match_input ignore width x height
