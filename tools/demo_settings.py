@@ -3,6 +3,9 @@ words that say what it ran. Both go by input names (width, height, steps, output
 every node of the API prompt, the pack's and ComfyUI's own (EmptySD3LatentImage, KSampler, ...), so a new
 workflow needs no change here; the report is read from the prompt as it was submitted."""
 import copy
+from pathlib import Path
+
+from PIL import Image
 
 # Upper limits on the demo checkpoint: a CPU run of each bundled workflow stays near a minute (README, set-up).
 DEMO_LIMITS = {"width": 256, "height": 256, "steps": 10, "max_new_tokens": 48, "max_think_tokens": 48}
@@ -10,7 +13,10 @@ DEMO_LIMITS = {"width": 256, "height": 256, "steps": 10, "max_new_tokens": 48, "
 # the demo generates at width x height instead.
 SIZE_CHOICE, SIZE_CHOICE_DEMO = "output_size", "custom"
 TOKEN_INPUTS = ("max_new_tokens", "max_think_tokens")
-REPORTED = ("output_size", "width", "height", "steps", *TOKEN_INPUTS)
+REPORTED = ("image", "output_size", "width", "height", "steps", *TOKEN_INPUTS)
+# Input images (LoadImage's `image`, a file in ComfyUI's input folder) larger than this are replaced by a copy
+# scaled down into a sub-folder: an edit's or a question's cost is mostly its input image's tokens.
+IMAGE_SIDE_LIMIT = 256
 
 
 def _literal(inputs: dict, name: str):
@@ -33,6 +39,25 @@ def lower_for_demo(prompt: dict, object_info: dict) -> dict:
     return lowered
 
 
+def shrink_input_images(prompt: dict, input_dir: Path, subfolder: str) -> None:
+    """Points every literal ``image`` file input larger than IMAGE_SIDE_LIMIT at a scaled-down copy written to
+    ``input_dir/subfolder`` (the original file is left as it is)."""
+    for node in prompt.values():
+        name = _literal(node["inputs"], "image")
+        source = input_dir / name if isinstance(name, str) else None
+        if source is None or not source.is_file():
+            continue
+        with Image.open(source) as picture:
+            if max(picture.size) <= IMAGE_SIDE_LIMIT:
+                continue
+            small = picture.convert("RGB")
+            small.thumbnail((IMAGE_SIDE_LIMIT, IMAGE_SIDE_LIMIT), Image.Resampling.LANCZOS)
+        target = input_dir / subfolder / f"{Path(name).stem}-{small.width}x{small.height}.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        small.save(target)
+        node["inputs"]["image"] = f"{subfolder}/{target.name}"
+
+
 def _choices(object_info: dict, class_type: str, name: str) -> list:
     inputs = object_info.get(class_type, {}).get("input", {})
     spec = {**inputs.get("required", {}), **inputs.get("optional", {})}.get(name)
@@ -46,7 +71,8 @@ def _choices(object_info: dict, class_type: str, name: str) -> list:
 def describe(inputs: dict) -> str:
     """'output_size custom, 256x256, 10 steps, at most 48 new tokens' from a node's literal inputs."""
     values = {name: _literal(inputs, name) for name in REPORTED}
-    parts = [f"output_size {values['output_size']}"] if values["output_size"] is not None else []
+    parts = [f"image {values['image']}"] if isinstance(values["image"], str) else []
+    parts += [f"output_size {values['output_size']}"] if values["output_size"] is not None else []
     size_used = values["output_size"] in (None, SIZE_CHOICE_DEMO)  # native/match_input ignore width x height
     if size_used and values["width"] is not None and values["height"] is not None:
         parts.append(f"{values['width']}x{values['height']}")

@@ -27,7 +27,7 @@ from pathlib import Path
 from PIL import Image
 
 from comfy_http import ComfyClient, locate_comfyui, ui_to_api
-from demo_settings import lower_for_demo, text_cap, what_ran
+from demo_settings import lower_for_demo, shrink_input_images, text_cap, what_ran
 
 PACK_ROOT = Path(__file__).resolve().parents[1]
 if str(PACK_ROOT) not in sys.path:  # the pack's pure-PyTorch core: its checkpoint rules and demo checkpoint
@@ -155,6 +155,8 @@ def main() -> int:
         object_info = client.object_info()
         original = point_at_checkpoint(ui_to_api(json.loads(workflow_file.read_text()), object_info), model_folder)
         submitted = lower_for_demo(original, object_info) if model_folder == DEMO_FOLDER else copy.deepcopy(original)
+        if model_folder == DEMO_FOLDER:
+            shrink_input_images(submitted, base / "input", DEMO_FOLDER)
         logger.info("Running %s on %s (ComfyUI log: %s)", args.workflow, model_folder, log_path)
         ran_from = time.monotonic()
         entry = client.wait(client.queue_or_raise(submitted), timeout=3600)
