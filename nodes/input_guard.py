@@ -110,7 +110,7 @@ def _skip_validation_when_refused(node_class) -> None:
     """VALIDATE_INPUTS, same signature (ComfyUI reads its arguments to decide which built-in checks to skip),
     not called with a RefusedValue: ComfyUI has already reported that input."""
     original = getattr(node_class, "VALIDATE_INPUTS", None)
-    if original is None:
+    if not inspect.ismethod(original):  # none, or not a V1 classmethod: nothing to keep from a RefusedValue
         return
 
     def validate(cls, *args, **kwargs):
@@ -125,7 +125,9 @@ def _skip_validation_when_refused(node_class) -> None:
 
 def _check_when_run(node_class) -> None:
     """The node's function refuses the same values when they come through links (known only at run time)."""
-    original = getattr(node_class, node_class.FUNCTION)
+    original = getattr(node_class, getattr(node_class, "FUNCTION", ""), None)
+    if not callable(original):
+        return
 
     def problems(kwargs) -> None:
         specs = input_specs(node_class)

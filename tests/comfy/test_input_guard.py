@@ -57,12 +57,14 @@ class PromptBuilder:
             if kind in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"):
                 self.prompt[node_id]["inputs"][name] = _widget_value(name, kind, options)
             elif depth < 3:
-                self.prompt[node_id]["inputs"][name] = [self.add(self.maker_of(kind), depth + 1), 0]
+                maker = self.maker_of(kind)
+                self.prompt[node_id]["inputs"][name] = [self.add(maker, depth + 1),
+                                                        self.object_info[maker]["output"].index(kind)]
         return node_id
 
     def maker_of(self, kind: str) -> str:
-        """A node whose first output is ``kind``, the one with the fewest required links."""
-        makers = [name for name, info in self.object_info.items() if info.get("output") and info["output"][0] == kind]
+        """A node with an output of type ``kind``, the one with the fewest required links."""
+        makers = [name for name, info in self.object_info.items() if kind in (info.get("output") or [])]
         assert makers, f"no node makes {kind}"
 
         def links(name):
