@@ -41,6 +41,8 @@ DEFAULT_WORKFLOW = "BAGEL-MoT Text to Image"
 HF_REPO_ID = "ByteDance-Seed/BAGEL-7B-MoT"
 REAL_FOLDER = "BAGEL-7B-MoT"
 LOG_TAIL_LINES = 25
+# ComfyUI 0.33 imports much more at start-up than 0.3.64; on our busy 2-core machine it once needed over 120 s.
+START_TIMEOUT_S = 300
 # Import names whose pip package is called differently.
 PIP_NAMES = {"yaml": "pyyaml", "PIL": "pillow", "cv2": "opencv-python", "google": "protobuf"}
 
@@ -80,7 +82,7 @@ def start_comfyui(comfyui: Path, base: Path, log_path: Path):
         process = subprocess.Popen(command, cwd=comfyui, stdout=log, stderr=subprocess.STDOUT)
     client = ComfyClient(f"http://127.0.0.1:{port}")
     try:
-        client.wait_until_ready(process=process)
+        client.wait_until_ready(timeout=START_TIMEOUT_S, process=process)
     except (RuntimeError, TimeoutError) as error:
         process.terminate()
         process.wait(timeout=30)
@@ -97,7 +99,8 @@ def startup_failure_report(what: str, log_path: Path) -> str:
     lines = log_path.read_text(errors="replace").splitlines() if log_path.is_file() else []
     tail = "\n".join("  | " + line for line in lines[-LOG_TAIL_LINES:]) or "  | (the log is empty)"
     report = f"{what}. Last lines of ComfyUI's log ({log_path}):\n{tail}\n"
-    missing = re.findall(r"No module named '([A-Za-z0-9_]+)", "\n".join(lines))
+    # Only an import that failed (a traceback line): ComfyUI also logs optional modules it did not find.
+    missing = re.findall(r"ModuleNotFoundError: No module named '([A-Za-z0-9_]+)", "\n".join(lines))
     if missing:
         package = PIP_NAMES.get(missing[-1], missing[-1])
         report += (f"Fix: ComfyUI needs the Python package '{package}', which its requirements.txt does not "
