@@ -118,7 +118,7 @@ RERUN = {}  # the resolved arguments of this run, set by main(): the re-run line
 def rerun_command() -> str:
     """This very run as one command with absolute paths, so it works pasted into any folder (the README's
     one-liner also works again from custom_nodes: it skips the clone of an existing folder)."""
-    words = [sys.executable, str(PACK_ROOT / "tools" / "run_demo.py"), "--comfyui", str(RERUN["comfyui"])]
+    words = [sys.executable, str(PACK_ROOT / "tools" / "run_demo.py"), "--comfyui", str(RERUN.get("comfyui", ".."))]
     if RERUN.get("workflow") != DEFAULT_WORKFLOW:
         words += ["--workflow", RERUN["workflow"]]
     if RERUN.get("base") is not None:

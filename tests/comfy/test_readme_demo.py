@@ -17,6 +17,7 @@ from PIL import Image
 
 from comfy_server import REPO_ROOT
 from demo_settings import lower_for_demo, shrink_input_images, text_cap, what_ran
+from run_demo import startup_failure_report
 
 PACK_CLONE_NAME = "ComfyUI-BagelMoT"
 
@@ -225,3 +226,13 @@ def test_demo_input_images_are_scaled_copies_and_the_report_names_them(tmp_path)
     assert submitted["2"] == original["2"] and submitted["3"] == original["3"]
     assert what_ran(submitted, original)[0] == ("LoadImage (node 1): image BAGEL-demo-random/example-256x171.png "
                                                 "(the workflow file has image example.png; lowered for the demo)")
+
+
+def test_a_start_up_timeout_is_not_blamed_on_an_optional_module_comfyui_logs(tmp_path):
+    log = tmp_path / "comfyui.log"
+    log.write_text("[INFO] No OpenGL_accelerate module loaded: No module named 'OpenGL_accelerate'\n")
+    report = startup_failure_report("ComfyUI did not answer within 300 s", log)
+    assert "OpenGL_accelerate' which" not in report and "pip install OpenGL_accelerate" not in report
+    assert "Fix: start ComfyUI by hand" in report
+    log.write_text("Traceback (most recent call last):\nModuleNotFoundError: No module named 'yaml'\n")
+    assert "-m pip install pyyaml" in startup_failure_report("ComfyUI exited with code 1 while starting", log)
