@@ -112,16 +112,17 @@ def startup_failure_report(what: str, log_path: Path) -> str:
     return report
 
 
-RERUN = {}  # the resolved arguments of this run, set by main(): the re-run line works from any folder
+# The resolved arguments of this run (main() sets them), so the re-run line works from any folder.
+RERUN = {"comfyui": Path(".."), "workflow": None, "base": None}
 
 
 def rerun_command() -> str:
     """This very run as one command with absolute paths, so it works pasted into any folder (the README's
     one-liner also works again from custom_nodes: it skips the clone of an existing folder)."""
-    words = [sys.executable, str(PACK_ROOT / "tools" / "run_demo.py"), "--comfyui", str(RERUN.get("comfyui", ".."))]
-    if RERUN.get("workflow") != DEFAULT_WORKFLOW:
+    words = [sys.executable, str(PACK_ROOT / "tools" / "run_demo.py"), "--comfyui", str(RERUN["comfyui"])]
+    if RERUN["workflow"] not in (None, DEFAULT_WORKFLOW):
         words += ["--workflow", RERUN["workflow"]]
-    if RERUN.get("base") is not None:
+    if RERUN["base"] is not None:
         words += ["--base-directory", str(RERUN["base"])]
     return " ".join(shlex.quote(word) for word in words)
 
