@@ -110,7 +110,7 @@ def test_full_precision_formats_load_and_name_themselves(loader, name, fmt, capl
 
 
 def test_fp8_file_beside_the_official_weights_loads_in_fp8_with_auto(loader):
-    model, _ = loader().load("BAGEL-tiny/ema-FP8.safetensors", "auto", False)
+    model = loader().load("BAGEL-tiny/ema-FP8.safetensors", "auto", False)[0]
     assert model.precision == "fp8_e4m3fn" and "stored fp8_e4m3fn (ema-FP8.safetensors)" in repr(model)
     weights = [m.weight for m in model.pipeline.model.bagel.modules() if type(m).__name__.endswith("Fp8Linear")]
     assert weights and all(w.dtype == torch.float8_e4m3fn for w in weights)
