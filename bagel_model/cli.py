@@ -1,4 +1,4 @@
-"""Command line: ``python -m bagel_model {understand,generate,edit,think,make-test-checkpoint} ...``."""
+"""Command line: ``python -m bagel_model COMMAND ...``, one sub-command per task (build_parser lists them)."""
 from __future__ import annotations
 
 import argparse
@@ -79,7 +79,7 @@ def _sampler(parser: argparse.ArgumentParser, defaults) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bagel_model", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bagel_model")
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
     und = sub.add_parser("understand", help="image(s) + question -> text")
@@ -116,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("--preset", default="tiny", choices=["tiny", "small"])
     make.add_argument("--seed", type=int, default=0)
     make.add_argument("--tokenizer", help="folder with the Qwen2.5 vocab.json/merges.txt to copy")
+    # Written from the sub-commands themselves, so --help can never leave one out.
+    parser.description = (f"BAGEL-7B-MoT from the command line. Commands: {', '.join(sub.choices)}. "
+                          "'python -m bagel_model COMMAND --help' shows a command's options.")
     return parser
 
 

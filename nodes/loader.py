@@ -47,16 +47,19 @@ def _precision_problem(precision) -> str | None:
 
 
 def _folder_problem(model_folder, download_if_missing, precision=None) -> str | None:
+    """What keeps ``model_folder`` from loading. ``download_if_missing`` None means "not known yet": at
+    validation only model_folder is seen (see VALIDATE_INPUTS), so a missing or incomplete download folder is
+    left to the run, which knows the switch."""
     if model_folder is None:
         return None
-    if download_if_missing and model_folder == model_folders.DOWNLOAD_FOLDER_NAME:
-        return None  # missing or incomplete: the download creates or completes it
+    may_download = model_folder == model_folders.DOWNLOAD_FOLDER_NAME and download_if_missing is not False
     path = model_folders.find_model_folder(model_folder) or model_folders.find_partial_folder(model_folder)
     if path is None:
-        return model_folders.missing_folder_message(model_folder)
+        return None if may_download else model_folders.missing_folder_message(model_folder)
     problems = incomplete_files(path) if os.path.isdir(path) else {}
     if problems:
-        return model_folders.incomplete_folder_message(model_folder, path, describe_problems(problems))
+        return None if may_download else model_folders.incomplete_folder_message(model_folder, path,
+                                                                                  describe_problems(problems))
     return _format_problem(path, model_folder, precision)
 
 
@@ -118,10 +121,13 @@ class BagelMoTModelLoader:
             }
         }
 
+    # Only model_folder: ComfyUI repeats a VALIDATE_INPUTS message once for every argument it takes, so one
+    # mistake would show as one error per argument. precision and download_if_missing keep ComfyUI's own
+    # checks here; what depends on them (bitsandbytes, a stored precision, the download switch) is checked
+    # first thing in load(), before any weight is read.
     @classmethod
-    def VALIDATE_INPUTS(cls, model_folder=None, precision=None, download_if_missing=None):
-        problems = (_folder_problem(model_folder, download_if_missing, precision), _precision_problem(precision))
-        return next((problem for problem in problems if problem), True)
+    def VALIDATE_INPUTS(cls, model_folder=None):
+        return _folder_problem(model_folder, download_if_missing=None) or True
 
     def load(self, model_folder, precision, download_if_missing=False):
         handle, vae = load_bagel(model_folder, precision, download_if_missing)
@@ -151,7 +157,7 @@ def load_bagel(model_folder, precision, download_if_missing=False, dynamic=True)
     if path is None or (os.path.isdir(path) and incomplete_files(path)):  # download_if_missing is on
         path = download_checkpoint(path or model_folders.download_target_dir())
     source = describe_checkpoint(path, model_folders.vae_dirs())
-    logger.info("BAGEL '%s' is a %s; it reads %s", model_folder, source.describe(),
+    logger.info("BAGEL '%s': %s; it reads %s", model_folder, source.describe(),
                 ", ".join(str(f) for f in source.files()))
     precision, _ = resolve_precision(source, model_folder, precision)
     check_fits(source, model_folder, precision)

@@ -1,6 +1,6 @@
 """Where BAGEL checkpoints live: the `bagel` model folder of ComfyUI.
 
-The list holds, by content (bagel_model/checkpoint/formats.py, docs/checkpoints.md):
+The list holds, by content (bagel_model/checkpoint/listing.py, the rule tools/run_demo.py shares; docs/checkpoints.md):
 * checkpoint folders (`BAGEL-7B-MoT`, a fine-tune like `BAGEL-RecA` whose weights file has another name, a
   sharded or pre-quantized folder), by the `llm_config.json` every BAGEL folder ships;
 * `<folder>/<file>` for each further BAGEL weights file in such a folder (e.g. `BAGEL-7B-MoT/ema-FP8.safetensors`
@@ -15,8 +15,7 @@ from pathlib import Path
 import folder_paths
 
 from bagel_model.checkpoint.folder_check import HF_REPO_ID, download_command
-from bagel_model.checkpoint.formats import bagel_weight_files, describe_checkpoint
-from bagel_model.errors import BagelCheckpointError
+from bagel_model.checkpoint.listing import checkpoint_choices
 
 logger = logging.getLogger(__name__)
 
@@ -42,26 +41,8 @@ def list_model_folders() -> list[str]:
     """Checkpoint choices under every registered root (folders, folder/file, single files), in a stable order."""
     names = []
     for root in search_roots():
-        if not os.path.isdir(root):
-            continue
-        for entry in sorted(os.listdir(root)):
-            for name in _choices_of(Path(root), entry):
-                if name not in names:
-                    names.append(name)
+        names += [name for name in checkpoint_choices(Path(root)) if name not in names]
     return names
-
-
-def _choices_of(root: Path, entry: str) -> list[str]:
-    path = root / entry
-    if path.is_file():
-        return [entry] if path in bagel_weight_files(root) else []
-    if not (path / MARKER_FILE).is_file():
-        return []
-    try:
-        default = describe_checkpoint(path).weights
-    except BagelCheckpointError:
-        default = []  # incomplete or ambiguous: the folder is still listed, the loader says what is wrong
-    return [entry] + [f"{entry}/{p.name}" for p in bagel_weight_files(path) if p not in default]
 
 
 def dropdown_choices() -> list[str]:
@@ -109,18 +90,34 @@ def download_target_dir() -> str:
 
 
 def incomplete_folder_message(name: str, path: str, problems: str) -> str:
+    if not any(Path(path).iterdir()):
+        return empty_folder_message(name, path)
     if name == DOWNLOAD_FOLDER_NAME:
-        fix = "switch 'download_if_missing' on to finish the download"
+        fix = (f"switch 'download_if_missing' on to complete the download, or complete it by hand: "
+               f"{download_command(path)}")
     else:
-        fix = f"download the missing files again ({download_command(path)})"
+        fix = (f"put the missing files there; if the folder is meant to hold the official {HF_REPO_ID}, this "
+               f"completes it: {download_command(path)}")
     return f"BAGEL model folder '{name}' ({path}) is incomplete: {problems}. To fix it, {fix}."
+
+
+def empty_folder_message(name: str, path: str) -> str:
+    switch = " (or switch 'download_if_missing' on)" if name == DOWNLOAD_FOLDER_NAME else ""
+    return (f"BAGEL model folder '{name}' ({path}) is empty: it holds no checkpoint. If it is meant to hold the "
+            f"official {HF_REPO_ID} (about 29 GB), download it there: {download_command(path)}{switch}; "
+            f"otherwise choose another model_folder (press R to refresh the list).")
 
 
 def missing_folder_message(name: str) -> str:
     roots = search_roots()
-    fetch = f" ({download_command(os.path.join(roots[0], name))})" if roots else ""
-    return (
-        f"BAGEL model folder '{name}' was not found (looked for {name}/{MARKER_FILE} in: "
-        f"{', '.join(roots) or '(none registered)'}). Download {HF_REPO_ID} into one of these folders{fetch}, "
-        f"or enable 'download_if_missing' with '{DOWNLOAD_FOLDER_NAME}' selected, then press R to refresh the list."
-    )
+    looked = f"looked for {name}/{MARKER_FILE} in: {', '.join(roots) or '(none registered)'}"
+    if name == DOWNLOAD_FOLDER_NAME:
+        fetch = f": {download_command(os.path.join(roots[0], name))}" if roots else ""
+        fix = (f"Download {HF_REPO_ID} (about 29 GB) there{fetch}, or switch 'download_if_missing' on, then press "
+               f"R to refresh the list")
+    else:
+        official = os.path.join(roots[0], DOWNLOAD_FOLDER_NAME) if roots else DOWNLOAD_FOLDER_NAME
+        fix = (f"Choose a checkpoint from the list (press R to refresh it), or put '{name}' in one of these "
+               f"folders. For the official {HF_REPO_ID}, choose '{DOWNLOAD_FOLDER_NAME}' and switch "
+               f"'download_if_missing' on, or download it by hand: {download_command(official)}")
+    return f"BAGEL model folder '{name}' was not found ({looked}). {fix}."

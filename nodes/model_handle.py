@@ -28,6 +28,7 @@ from bagel_model.checkpoint.residency import GROUPS, PHASE_GROUPS, weight_groups
 from bagel_model.devices import resolve_batch_images
 
 from .comfy_model.base_model import BagelMoTBaseModel
+from .comfy_model.inpaint_mask import check_inpaint_mask
 from .comfy_model.patcher import bagel_patcher_class
 
 logger = logging.getLogger(__name__)
@@ -131,9 +132,12 @@ class BagelMoTModel:
     def _unload_groups(self) -> None:
         unload_patchers_of([patcher.model for patcher in self.patchers.values()])
 
-    def _before_sampling(self, executor, *args, **kwargs):
+    def _before_sampling(self, executor, noise, latent_image, sampler, sigmas, denoise_mask=None, *args, **kwargs):
+        """ComfyUI's OUTER_SAMPLE. On 0.3.64 the mask is still the one the LATENT carried (resized next); 0.33
+        resizes it before this wrapper, so there only the BAGEL guider (its own ``sample``) can check it."""
+        check_inpaint_mask(denoise_mask, noise, self.pipeline.config.ae.downsample)
         self._unload_groups()
-        return executor(*args, **kwargs)
+        return executor(noise, latent_image, sampler, sigmas, denoise_mask, *args, **kwargs)
 
     @property
     def patcher(self):

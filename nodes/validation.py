@@ -4,6 +4,8 @@ Each check returns None when the value is fine, else a message that names the in
 VALIDATE_INPUTS receives linked inputs as None, so None always passes here and the node function
 checks the real value again at run time.
 """
+from bagel_model.generation.images import nearest_sizes
+
 SIZE_MULTIPLE = 16
 MIN_SIDE = 16
 MAX_SIDE = 1024
@@ -15,7 +17,8 @@ def size_problem(name: str, value) -> str | None:
     if not MIN_SIDE <= int(value) <= MAX_SIDE or int(value) % SIZE_MULTIPLE:
         return (
             f"{name}={value} is not supported: BAGEL generates sides that are multiples of "
-            f"{SIZE_MULTIPLE} between {MIN_SIDE} and {MAX_SIDE} pixels (e.g. 512, 768, 1024)."
+            f"{SIZE_MULTIPLE} between {MIN_SIDE} and {MAX_SIDE} pixels; use "
+            f"{nearest_sizes(value, SIZE_MULTIPLE, MIN_SIDE, MAX_SIDE)}."
         )
     return None
 

@@ -5,10 +5,12 @@ with the server's own /object_info, so the tests and the demo runner use the sam
 Standard library only, so it runs in any Python next to ComfyUI.
 """
 import json
+import os
 import time
 import urllib.error
 import urllib.request
 import uuid
+from pathlib import Path
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 # Frontend-only nodes that never reach the server.
@@ -79,6 +81,14 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
         prompt[str(node["id"])] = {"class_type": node_type, "inputs": inputs,
                                    "_meta": {"title": node.get("title", node_type)}}
     return prompt
+
+
+def locate_comfyui(given) -> Path:
+    """The ComfyUI folder a relative path like ``../..`` means as typed in the shell: against the shell's logical
+    working directory ($PWD) first, so it is the folder above custom_nodes even when the pack folder is a
+    symlink; else resolved physically. The caller checks for main.py."""
+    logical = Path(os.path.normpath(Path(os.environ.get("PWD", os.getcwd())) / given))
+    return logical if (logical / "main.py").is_file() else Path(given).resolve()
 
 
 class ComfyClient:

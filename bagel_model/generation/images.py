@@ -12,14 +12,26 @@ from ..errors import BagelInputError
 MAX_PIXELS = 14 * 14 * 9 * 1024
 
 
+def nearest_sizes(value, stride: int, low: int, high: int) -> str:
+    """The supported side(s) nearest to ``value`` ("96 or 112", "1024"), for messages that refuse it."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return f"a multiple of {stride} such as 512"
+    below = min(max(int(number // stride) * stride, low), high)
+    above = min(max(below + stride if below < number else below, low), high)
+    return str(below) if below == above else f"{below} or {above}"
+
+
 def check_image_size(width, height, stride: int, limit: int, grid: int) -> None:
     """Refuses a generated size the latent grid cannot hold: each side a multiple of ``stride`` (pixels per
     latent token) in ``stride..limit``; ``grid`` is the position table's side in tokens (for the message)."""
     for name, value in (("width", width), ("height", height)):
         if not isinstance(value, int) or value % stride or not stride <= value <= limit:
             raise BagelInputError(
-                f"{name}={value} is not supported: use a multiple of {stride} between {stride} and {limit} "
-                f"(the model's latent grid is {grid}x{grid} tokens of {stride} px).")
+                f"{name}={value} is not supported: use a multiple of {stride} between {stride} and {limit}, "
+                f"e.g. {nearest_sizes(value, stride, stride, limit)} (the model's latent grid is {grid}x{grid} "
+                f"tokens of {stride} px).")
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from bagel_model.generation.latent_velocity import pack_latents, unpack_latents
 from bagel_model.generation.sampler import SamplerSettings, combine_cfg
 
 from .context import conditioning_contexts, replace_contexts
+from .inpaint_mask import check_inpaint_mask
 
 BRANCHES = ("positive", "negative", "without_images")
 
@@ -57,6 +58,12 @@ class BagelGuider(comfy.samplers.CFGGuider):
                 conds["without_images"] = _with_system_of(positive, without_images, "without_images")
         self.inner_set_conds(conds)
         self.cfg = settings.cfg_text_scale
+
+    def sample(self, noise, latent_image, sampler, sigmas, denoise_mask=None, *args, **kwargs):
+        # ComfyUI 0.33 resizes the mask here, before any model hook could see it (0.3.64 checks it again in the
+        # MODEL's OUTER_SAMPLE wrapper, which also covers the stock guiders there).
+        check_inpaint_mask(denoise_mask, noise, self.model_patcher.model.runtime.config.ae.downsample)
+        return super().sample(noise, latent_image, sampler, sigmas, denoise_mask, *args, **kwargs)
 
     def predict_noise(self, x, timestep, model_options={}, seed=None):
         sigma = timestep.reshape(-1)[0].to(torch.float32)

@@ -15,6 +15,8 @@ sys.path.insert(0, str(REPO_ROOT / "tools"))
 if str(REPO_ROOT) not in sys.path:  # for `import bagel_model` when pytest is not started from the root
     sys.path.append(str(REPO_ROOT))
 
+from comfy_http import locate_comfyui  # noqa: E402
+
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
@@ -29,10 +31,10 @@ def require(condition: bool, reason: str) -> None:
 @pytest.fixture(scope="session")
 def comfyui_path() -> Path:
     raw = os.environ.get("COMFYUI_PATH", "")
-    require(bool(raw) and (Path(raw) / "main.py").is_file(),
+    require(bool(raw) and (locate_comfyui(raw) / "main.py").is_file(),
             f"COMFYUI_PATH must point to a ComfyUI source folder with main.py (got {raw!r}); "
             "e.g. COMFYUI_PATH=../.. from ComfyUI/custom_nodes/<this pack>, or run bash .ci/run")
-    path = Path(raw).resolve()
+    path = locate_comfyui(raw)
     # ComfyUI's own `nodes` module must win over this repository's `nodes/` package.
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))

@@ -98,3 +98,44 @@ def test_hook_lora_on_a_conditioning_is_refused(ours, loaded):
     guider = run_node(ours["BagelMoTGuider"], model=model, positive=positive, negative=encode(clip, ""), **GUIDER)[0]
     with pytest.raises(ValueError, match="LoraLoaderModelOnly"):
         sample(model, guider, empty_latent(32, 32))
+
+
+@pytest.mark.parametrize("mask", [torch.ones((1, 64, 64)), torch.ones((1, 2, 4))])
+def test_mask_of_another_shape_is_refused_before_any_step(ours, loaded, mask):
+    model, clip = loaded[2], loaded[3]
+    mask[..., 0] = 0.0  # not constant: stretching it would move the painted area
+    guider = run_node(ours["BagelMoTGuider"], model=model, positive=encode(clip, "a cat"), negative=encode(clip, ""),
+                      **GUIDER)[0]
+    latent = dict(empty_latent(48, 32), noise_mask=mask)
+    with pytest.raises(ValueError, match=r"inpainting mask is \d+x\d+ pixels but the latent is 6x4"):
+        sample(model, guider, latent)
+
+
+@pytest.mark.parametrize("mask", [
+    torch.cat([torch.zeros((1, 32, 24)), torch.ones((1, 32, 24))], dim=-1),  # the image's size, 48x32
+    torch.cat([torch.zeros((1, 4, 3)), torch.ones((1, 4, 3))], dim=-1),  # the latent's size
+    torch.zeros((1, 64, 64)),  # Load Image's mask of an image without alpha: constant
+])
+def test_mask_of_the_latents_shape_samples(ours, loaded, mask):
+    model, clip = loaded[2], loaded[3]
+    guider = run_node(ours["BagelMoTGuider"], model=model, positive=encode(clip, "a cat"), negative=encode(clip, ""),
+                      **GUIDER)[0]
+    out = sample(model, guider, dict(empty_latent(48, 32), noise_mask=mask), steps=2)
+    assert out["samples"].shape == (1, 16, 4, 6) and torch.isfinite(out["samples"]).all()
+
+
+def test_mask_of_another_shape_under_stock_cfg_guider(ours, loaded):
+    """0.3.64 hands OUTER_SAMPLE the LATENT's own mask, so the MODEL refuses it under every guider; 0.33 resizes
+    it inside CFGGuider.sample before any model hook (there the BAGEL guider checks it, test above)."""
+    import comfy.samplers
+
+    if "denoise_mask" not in comfy.samplers.CFGGuider.outer_sample.__code__.co_varnames or \
+            "prepare_mask" in comfy.samplers.CFGGuider.sample.__code__.co_names:
+        pytest.skip("this ComfyUI resizes the mask in CFGGuider.sample, before the MODEL's hooks")
+    model, clip = loaded[2], loaded[3]
+    guider = run_node(stock("CFGGuider"), model=model, positive=encode(clip, "a cat"), negative=encode(clip, ""),
+                      cfg=4.0)[0]
+    mask = torch.ones((1, 64, 64))
+    mask[..., 0] = 0.0
+    with pytest.raises(ValueError, match="inpainting mask is 64x64 pixels"):
+        sample(model, guider, dict(empty_latent(48, 32), noise_mask=mask))

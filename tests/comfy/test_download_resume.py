@@ -56,13 +56,15 @@ def _fake_hub(tiny_checkpoint, calls, complete=True):
 def test_incomplete_folder_is_named_when_download_is_off(loader_and_root, tiny_checkpoint):
     loader, root = loader_and_root
     folder = _partial_copy(tiny_checkpoint, root / DOWNLOAD_NAME)
-    message = loader.VALIDATE_INPUTS(DOWNLOAD_NAME, "bf16", False)
-    assert isinstance(message, str) and f"'{DOWNLOAD_NAME}' ({folder}) is incomplete" in message
+    assert loader.VALIDATE_INPUTS(DOWNLOAD_NAME) is True  # validation cannot see the switch: the run decides
+    with pytest.raises(ValueError, match="is incomplete") as refused:
+        loader().load(DOWNLOAD_NAME, "bf16", False)
+    message = str(refused.value)
+    assert f"'{DOWNLOAD_NAME}' ({folder}) is incomplete" in message
     for fragment in ("ema.safetensors is truncated", "merges.txt is missing", "ae.safetensors is missing",
                      "unfinished download", "switch 'download_if_missing' on"):
         assert fragment in message, message
-    with pytest.raises(ValueError, match="is incomplete"):
-        loader().load(DOWNLOAD_NAME, "bf16", False)
+    assert "again" not in message
 
 
 def test_download_switch_completes_the_incomplete_folder(loader_and_root, tiny_checkpoint, monkeypatch):
@@ -70,14 +72,14 @@ def test_download_switch_completes_the_incomplete_folder(loader_and_root, tiny_c
     folder = _partial_copy(tiny_checkpoint, root / DOWNLOAD_NAME)
     calls = []
     monkeypatch.setitem(sys.modules, "huggingface_hub", _fake_hub(tiny_checkpoint, calls))
-    assert loader.VALIDATE_INPUTS(DOWNLOAD_NAME, "bf16", True) is True
+    assert loader.VALIDATE_INPUTS(DOWNLOAD_NAME) is True
     model = loader().load(DOWNLOAD_NAME, "bf16", True)[0]
     assert len(calls) == 1 and calls[0]["repo_id"] == "ByteDance-Seed/BAGEL-7B-MoT"
     assert calls[0]["local_dir"] == str(folder)  # resumed in place, not a second copy
     assert not calls[0]["ema_present"]  # the short file was dropped so the hub fetches it again
     assert (folder / "ema.safetensors").read_bytes() == (tiny_checkpoint / "ema.safetensors").read_bytes()
     assert model.pipeline.generate_image("a cube", width=32, height=32, steps=2).images[0].size == (32, 32)
-    assert loader.VALIDATE_INPUTS(DOWNLOAD_NAME, "bf16", False) is True  # complete now
+    assert loader.VALIDATE_INPUTS(DOWNLOAD_NAME) is True  # complete now
     loader().load(DOWNLOAD_NAME, "bf16", True)
     assert len(calls) == 1  # a complete folder is never downloaded again
 
@@ -86,8 +88,8 @@ def test_folder_cut_off_before_its_first_file_is_incomplete_not_missing(loader_a
                                                                         monkeypatch):
     loader, root = loader_and_root
     (root / DOWNLOAD_NAME / ".cache" / "huggingface" / "download").mkdir(parents=True)
-    message = loader.VALIDATE_INPUTS(DOWNLOAD_NAME, "bf16", False)
-    assert "is incomplete" in message and "llm_config.json is missing" in message
+    with pytest.raises(ValueError, match="is incomplete.*llm_config.json is missing"):
+        loader().load(DOWNLOAD_NAME, "bf16", False)
     calls = []
     monkeypatch.setitem(sys.modules, "huggingface_hub", _fake_hub(tiny_checkpoint, calls))
     loader().load(DOWNLOAD_NAME, "bf16", True)
@@ -105,5 +107,5 @@ def test_download_that_stays_incomplete_says_so(loader_and_root, tiny_checkpoint
 def test_other_incomplete_folders_are_never_downloaded_into(loader_and_root, tiny_checkpoint):
     loader, root = loader_and_root
     folder = _partial_copy(tiny_checkpoint, root / "my-bagel")
-    message = loader.VALIDATE_INPUTS("my-bagel", "bf16", True)
+    message = loader.VALIDATE_INPUTS("my-bagel")
     assert "is incomplete" in message and f'hf download ByteDance-Seed/BAGEL-7B-MoT --local-dir "{folder}"' in message

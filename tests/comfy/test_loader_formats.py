@@ -10,6 +10,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+import run_demo
+
 
 def _state(path: Path) -> dict:
     with safe_open(str(path), framework="pt") as reader:
@@ -108,11 +110,24 @@ def test_full_precision_formats_load_and_name_themselves(loader, name, fmt, capl
 
 
 def test_fp8_file_beside_the_official_weights_loads_in_fp8_with_auto(loader):
-    model, _ = loader().load("BAGEL-tiny/ema-FP8.safetensors", "auto", False)
+    model = loader().load("BAGEL-tiny/ema-FP8.safetensors", "auto", False)[0]
     assert model.precision == "fp8_e4m3fn" and "stored fp8_e4m3fn (ema-FP8.safetensors)" in repr(model)
     weights = [m.weight for m in model.pipeline.model.bagel.modules() if type(m).__name__.endswith("Fp8Linear")]
     assert weights and all(w.dtype == torch.float8_e4m3fn for w in weights)
-    message = loader.VALIDATE_INPUTS(model_folder="BAGEL-tiny/ema-FP8.safetensors", precision="bf16")
-    assert "stores its weights in fp8_e4m3fn" in message and "'auto'" in message
-    with pytest.raises(ValueError, match="stores its weights in fp8_e4m3fn"):
+    assert loader.VALIDATE_INPUTS(model_folder="BAGEL-tiny/ema-FP8.safetensors") is True
+    with pytest.raises(ValueError, match="stores its weights in fp8_e4m3fn; choose precision 'fp8_e4m3fn' or 'auto'"):
         loader().load("BAGEL-tiny/ema-FP8.safetensors", "bf16", False)
+
+
+def test_the_demo_takes_every_checkpoint_the_loader_lists_as_real_weights(loader, roots, tmp_path):
+    """tools/run_demo.py decides "real weights or the random demo checkpoint" by the loader's own list: a
+    fine-tune folder, a folder's extra weights file, a single file and a GGUF file each count."""
+    for name in ("BAGEL-RecA-tiny", "bagel_comfy_tiny.safetensors", "bagel-Q4_K.gguf"):
+        models_bagel = tmp_path / name / "bagel"
+        (models_bagel / run_demo.DEMO_FOLDER).mkdir(parents=True)
+        (models_bagel / run_demo.DEMO_FOLDER / "llm_config.json").write_text("{}")
+        assert run_demo.real_checkpoint(models_bagel) is None
+        (models_bagel / name).symlink_to(roots / name)
+        assert run_demo.real_checkpoint(models_bagel) == name
+    choices = loader.INPUT_TYPES()["required"]["model_folder"][0]
+    assert run_demo.checkpoint_choices(roots) == [c for c in choices if (roots / c.split("/")[0]).exists()]

@@ -54,7 +54,7 @@ def _refused(capsys, argv: list[str]) -> str:
 def test_cli_refuses_a_bad_size_before_any_weight_is_read(tiny_checkpoint, tmp_path, capsys, weight_reads):
     err = _refused(capsys, ["generate", "--model", str(tiny_checkpoint), "--prompt", "x", "--width", "100",
                             "--out", str(tmp_path / "x.png")])
-    assert "width=100 is not supported" in err and "multiple of 16" in err
+    assert "width=100 is not supported" in err and "multiple of 16" in err and "e.g. 96 or 112" in err
     assert weight_reads == []
 
 
@@ -175,3 +175,13 @@ def test_auto_is_the_default_precision_of_api_and_cli(tiny_checkpoint):
 def test_escaping_keeps_ordinary_text():
     assert cli.escape_control_characters("Ein Würfel,\n\tsehr rot. 日本") == "Ein Würfel,\n\tsehr rot. 日本"
     assert cli.escape_control_characters("\x00\x7f") == "\\x00\\x7f"
+
+
+def test_help_names_every_command_in_plain_text():
+    parser = cli.build_parser()
+    commands = next(action for action in parser._actions if action.dest == "command").choices
+    assert "quantize" in commands
+    text = parser.format_help()
+    description = text.split("positional arguments")[0]
+    assert all(name in description for name in commands), description
+    assert "``" not in text
