@@ -50,12 +50,20 @@ def shrink_input_images(prompt: dict, input_dir: Path, subfolder: str) -> None:
         with Image.open(source) as picture:
             if max(picture.size) <= IMAGE_SIDE_LIMIT:
                 continue
-            small = picture.convert("RGB")
-            small.thumbnail((IMAGE_SIDE_LIMIT, IMAGE_SIDE_LIMIT), Image.Resampling.LANCZOS)
+            # Alpha is Load Image's mask (the inpainting workflow's): keep it.
+            small = picture.convert("RGBA" if "A" in picture.getbands() else "RGB")
+            small = small.resize(_demo_size(small.size), Image.Resampling.LANCZOS)
         target = input_dir / subfolder / f"{Path(name).stem}-{small.width}x{small.height}.png"
         target.parent.mkdir(parents=True, exist_ok=True)
         small.save(target)
         node["inputs"]["image"] = f"{subfolder}/{target.name}"
+
+
+def _demo_size(size: tuple[int, int]) -> tuple[int, int]:
+    """``size`` scaled to fit IMAGE_SIDE_LIMIT with sides rounded down to multiples of 16: a latent BAGEL's MODEL
+    denoises (VAE Encode, then KSampler) must be a whole number of 2x2 patches of 8-pixel cells."""
+    scale = IMAGE_SIDE_LIMIT / max(size)
+    return tuple(max(16, int(side * scale) // 16 * 16) for side in size)
 
 
 def _choices(object_info: dict, class_type: str, name: str) -> list:

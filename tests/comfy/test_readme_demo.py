@@ -212,19 +212,24 @@ def test_demo_lowering_and_report_go_by_input_names_for_any_node():
 
 def test_demo_input_images_are_scaled_copies_and_the_report_names_them(tmp_path):
     Image.new("RGB", (768, 512), (200, 120, 40)).save(tmp_path / "example.png")
+    Image.new("RGBA", (600, 300), (0, 0, 0, 0)).save(tmp_path / "masked.png")
     Image.new("RGB", (64, 64)).save(tmp_path / "small.png")
     original = {"1": {"class_type": "LoadImage", "inputs": {"image": "example.png", "upload": "image"}},
                 "2": {"class_type": "LoadImage", "inputs": {"image": "small.png"}},
                 "3": {"class_type": "BagelMoTEdit", "inputs": {"image": ["1", 0], "steps": 10}}}
     submitted = lower_for_demo(original, {})
     shrink_input_images(submitted, tmp_path, "BAGEL-demo-random")
-    assert submitted["1"]["inputs"]["image"] == "BAGEL-demo-random/example-256x171.png"
-    with Image.open(tmp_path / "BAGEL-demo-random" / "example-256x171.png") as copy_:
-        assert copy_.size == (256, 171)
+    assert submitted["1"]["inputs"]["image"] == "BAGEL-demo-random/example-256x160.png"
+    with Image.open(tmp_path / "BAGEL-demo-random" / "example-256x160.png") as copy_:
+        assert copy_.size == (256, 160)
     with Image.open(tmp_path / "example.png") as kept:
         assert kept.size == (768, 512)
     assert submitted["2"] == original["2"] and submitted["3"] == original["3"]
-    assert what_ran(submitted, original)[0] == ("LoadImage (node 1): image BAGEL-demo-random/example-256x171.png "
+    masked = {"1": {"class_type": "LoadImage", "inputs": {"image": "masked.png"}}}
+    shrink_input_images(masked, tmp_path, "BAGEL-demo-random")
+    with Image.open(tmp_path / masked["1"]["inputs"]["image"]) as copy_:  # sides of 16s, the mask kept
+        assert copy_.size == (256, 128) and copy_.mode == "RGBA"
+    assert what_ran(submitted, original)[0] == ("LoadImage (node 1): image BAGEL-demo-random/example-256x160.png "
                                                 "(the workflow file has image example.png; lowered for the demo)")
 
 
