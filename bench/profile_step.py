@@ -121,14 +121,18 @@ def print_row(row: dict, top_ops: int) -> None:
 
 
 def markdown(rows: list[dict]) -> str:
-    head = ["mode, compute", "s/step CPU"] + list(KINDS) + ["Python & dispatch", "copies MiB", "casts MiB",
-                                                             "GEMM GFLOP", "GEMM fraction"]
+    """One row per (mode, dtype): ms per op kind of the recorded step and its share of all of them (kernels plus
+    the Python & dispatch estimate, clipped at 0 when timing noise makes it negative)."""
+    head = ["mode, compute", "s/step CPU"] + list(KINDS) + ["Python & dispatch", "kernels", "copies MiB",
+                                                             "casts MiB", "GEMM GFLOP", "GEMM fraction"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         record, cpu = row["record"], row["cpu"]
-        shares = [f"{100 * record.seconds[k] / cpu:.1f} %" for k in KINDS]
-        python = 100 * (cpu - record.kernel_seconds()) / cpu
-        cells = [f"{row['mode']}, {row['dtype']}", f"{cpu:.3f}", *shares, f"{python:.1f} %",
+        python = max(0.0, cpu - record.kernel_seconds())
+        total = record.kernel_seconds() + python
+        times = [record.seconds[k] for k in KINDS] + [python]
+        shares = [f"{1000 * t:.0f} ms ({100 * t / total:.1f} %)" for t in times]
+        cells = [f"{row['mode']}, {row['dtype']}", f"{cpu:.3f}", *shares, str(sum(record.calls.values())),
                  f"{record.bytes_written['gather/scatter/cat'] / 2 ** 20:.1f}",
                  f"{record.bytes_written['dtype casts'] / 2 ** 20:.1f}", f"{row['gemm_flops'] / 1e9:.2f}",
                  f"{100 * row['fraction']:.1f} %"]

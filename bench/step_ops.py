@@ -28,8 +28,7 @@ KINDS = ("GEMM", "attention", "norms", "RoPE", "activations", "gather/scatter/ca
 GEMM_OPS = {"mm", "addmm", "bmm", "baddbmm"}
 COPY_OPS = {"cat", "index", "index_put_", "index_select", "clone", "_unsafe_index", "stack"}
 # Project functions whose elementwise kernels belong to one kind (innermost match wins).
-CALLER_KINDS = {"rms_norm": "norms", "apply_rope": "RoPE", "rotate_half": "RoPE", "rope_terms": "RoPE",
-                "silu_mul": "activations"}
+CALLER_KINDS = {"rms_norm": "norms", "apply_rope": "RoPE", "rotate_half": "RoPE"}
 CALLER_QUALNAMES = {"MLP.forward": "activations"}
 
 
