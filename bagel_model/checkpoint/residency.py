@@ -16,7 +16,8 @@ expert is copied once per LM call (its rows run as one tensor, ``qwen2_mot.Block
 ``und`` and the token table (a request's two image-marker rows are looked up then, once), decoding ``und`` and
 ``lm_head``. So a memory manager that cannot hold everything should keep the phase's working group resident and
 stream the other: ``PHASE_GROUPS`` names the groups each phase asks for, ``weight_groups`` gives the layers of
-each group, and ``denoise_residency`` estimates, for a device budget, what is resident and what is streamed per denoising step.
+each group, and ``denoise_residency`` estimates, for a device budget, what is resident and what is streamed per
+denoising step.
 """
 from __future__ import annotations
 
