@@ -172,8 +172,7 @@ class MoTAttention(nn.Module):
         cos, sin = block.rope(None)[expert]
         return apply_rope(norm(x), cos, sin)
 
-    def forward_streams(self, x: Streams, block: Block, context: Context | None, layer: int,
-                        update: bool) -> Streams:
+    def forward(self, x: Streams, block: Block, context: Context | None, layer: int, update: bool) -> Streams:
         q, k, v = {}, {}, {}
         for expert, rows in x.items():
             q[expert] = self._norm_rope(expert_layer(self, "q_proj", expert)(rows), "q", expert, block,
@@ -211,17 +210,20 @@ class MoTDecoderLayer(nn.Module):
         self.post_attention_layernorm = norm(hidden, eps)
         self.post_attention_layernorm_moe_gen = norm(hidden, eps)
 
-    def forward_streams(self, x: Streams, block: Block, context: Context | None, layer: int,
-                        update: bool) -> Streams:
-        normed = {expert: expert_layer(self, "input_layernorm", expert)(rows) for expert, rows in x.items()}
-        attended = self.self_attn.forward_streams(normed, block, context, layer, update)
-        h = {expert: rows + attended[expert] for expert, rows in x.items()}
-        normed = {expert: expert_layer(self, "post_attention_layernorm", expert)(rows) for expert, rows in h.items()}
-        return {expert: rows + expert_layer(self, "mlp", expert)(normed[expert]) for expert, rows in h.items()}
+    def forward(self, x: Streams | torch.Tensor, block: Block, context: Context | None, layer: int, update: bool):
+        """``x``: the block's rows split by expert (what the decoder passes; returns them the same way), or the
+        block-ordered rows (returns block-ordered rows)."""
+        if isinstance(x, torch.Tensor):
+            return block.join(self._on_streams(block.split(x), block, context, layer, update))
+        return self._on_streams(x, block, context, layer, update)
 
-    def forward(self, x: torch.Tensor, block: Block, context: Context | None, layer: int, update: bool):
-        """One layer on block-ordered rows (the decoder itself runs ``forward_streams``)."""
-        return block.join(self.forward_streams(block.split(x), block, context, layer, update))
+    def _on_streams(self, x: Streams, block: Block, context: Context | None, layer: int, update: bool) -> Streams:
+        normed = {expert: expert_layer(self, "input_layernorm", expert)(rows) for expert, rows in x.items()}
+        attended = self.self_attn(normed, block, context, layer, update)
+        h = {expert: rows + attended[expert] for expert, rows in x.items()}
+        normed = {expert: expert_layer(self, "post_attention_layernorm", expert)(rows)
+                  for expert, rows in h.items()}
+        return {expert: rows + expert_layer(self, "mlp", expert)(normed[expert]) for expert, rows in h.items()}
 
 
 class Qwen2MoTModel(nn.Module):
@@ -251,7 +253,7 @@ class Qwen2MoTModel(nn.Module):
         if update and not context.owns_tail:
             raise RuntimeError("cannot append to a context snapshot that shares its cache with a longer one")
         for index, layer in enumerate(self.layers):
-            x = layer.forward_streams(x, block, context, index, update)
+            x = layer(x, block, context, index, update)
         if update:
             context.length += block.num_rows
             context.cache.length = context.length
