@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     quant.add_argument("--device", default="auto", help="where to quantize: auto, cpu, cuda[:N], xpu[:N] or mps")
     make = sub.add_parser("make-test-checkpoint", help="write a random checkpoint in the real layout")
     make.add_argument("out_dir")
-    make.add_argument("--preset", default="tiny", choices=["tiny", "small"])
+    make.add_argument("--preset", default="tiny", choices=["tiny", "small", "linear"])
     make.add_argument("--seed", type=int, default=0)
     make.add_argument("--tokenizer", help="folder with the Qwen2.5 vocab.json/merges.txt to copy")
     # Written from the sub-commands themselves, so --help can never leave one out.

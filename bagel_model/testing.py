@@ -1,6 +1,7 @@
 """Random checkpoints in the real BAGEL folder layout, for tests, benchmarks and the README demo.
 
-``tiny`` runs each flow in seconds; ``small`` (~200 M parameters) has the full-size FLUX autoencoder and, when
+``tiny`` runs each flow in seconds; ``linear`` (LM hidden 1024, 6 layers) is the Linear-heavy one the step profile
+uses (bench/profile_step.py); ``small`` (~200 M parameters) has the full-size FLUX autoencoder and, when
 a copy is found (``find_qwen25_tokenizer``), the real Qwen2.5 tokenizer; ``real`` has the dimensions of BAGEL-7B-MoT (14.6 B parameters:
 meant for ``write_test_folder`` + weights made on a device, e.g. bench/gpu_check.py, not for a 29 GB file).
 Weights are random: the images are noise and the text gibberish.
@@ -59,6 +60,8 @@ PRESETS = {
     "tiny": Preset(64, 2, 4, 2, 128, 32, 2, 2, 64,
                    AEConfig(ch=32, ch_mult=(1, 1, 1, 1), num_res_blocks=1), real_tokenizer=False),
     "small": Preset(256, 6, 4, 2, 1408, 384, 4, 6, 1536, AEConfig(), real_tokenizer=True),
+    # Linear-heavy LM (head_dim 128 and GQA as the real model) with small ViT: the denoising-step profile's preset.
+    "linear": Preset(1024, 6, 8, 2, 2816, 384, 4, 6, 1536, AEConfig(), real_tokenizer=True),
     "real": Preset(3584, 28, 28, 4, 18944, 1152, 26, 16, 4304, AEConfig(), real_tokenizer=True),
 }
 

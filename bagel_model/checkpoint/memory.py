@@ -5,7 +5,7 @@ tests/quant). KV cache and activations are estimates of the peak of one call, bu
 the task produces (spec §3.6, §6, §9) and the dtypes the runtime uses. They cover the transient peaks too: a
 growing KV cache (every layer's buffer with its growth room plus one layer's old buffer while it grows,
 ``kv_cache.peak_tokens``), one query block of fp32 attention scores (what SDPA's math fallback materialises;
-``attention.SCORE_BLOCK_BYTES`` bounds it on every device), and the LM prefill of an input image's ViT and VAE
+``attention.SCORE_BLOCK_BYTES`` bounds it wherever that kernel runs; flash kernels hold less), and the LM prefill of an input image's ViT and VAE
 blocks (~4.9 k and ~4.1 k tokens at 1024²), the largest LM call of understanding and editing.
 """
 from __future__ import annotations

@@ -12,12 +12,12 @@ BAGEL's weights fall into five groups by who computes with them:
 
 A denoising forward sends every latent token through ``gen`` and only the two image-marker tokens of each CFG
 branch through ``und`` (spec §3.3), all marker rows of one LM call in one und-expert call, so a streamed und
-expert is copied once per LM call (``qwen2_mot.per_expert``); text prefill uses ``und`` and the token table (a
-request's two image-marker rows are looked up then, once), decoding ``und`` and ``lm_head``. So a memory
-manager that cannot
-hold everything should keep the phase's working group resident and stream the other: ``PHASE_GROUPS`` names
-the groups each phase asks for, ``weight_groups`` gives the layers of each group, and ``denoise_residency``
-estimates, for a device budget, what is resident and what is streamed per denoising step.
+expert is copied once per LM call (its rows run as one tensor, ``qwen2_mot.Block.split``); text prefill uses
+``und`` and the token table (a request's two image-marker rows are looked up then, once), decoding ``und`` and
+``lm_head``. So a memory manager that cannot hold everything should keep the phase's working group resident and
+stream the other: ``PHASE_GROUPS`` names the groups each phase asks for, ``weight_groups`` gives the layers of
+each group, and ``denoise_residency`` estimates, for a device budget, what is resident and what is streamed per
+denoising step.
 """
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ import torch
 
 from ..model.branches import BranchLayout
 from ..model.kv_cache import Context
-from ..model.qwen2_mot import Block
+from ..model.qwen2_mot import GEN, Block
 from .runtime import BagelRuntime, GenerationQuery
 
 
@@ -39,9 +39,9 @@ def branch_hidden(runtime: BagelRuntime, contexts: list[Context], query: Generat
     cos = layout.per_row([c for c, _ in rope], n)
     sin = layout.per_row([s for _, s in rope], n)
     block = Block(layout.segments(n), cos, sin, causal=False, fp32_qk=True, branches=layout)
-    rows = layout.stack(start, end, [embedded[b] for b in images])
-    hidden = model.lm.run_layers(rows, block, None, update=False)
-    return list(hidden[2 * layout.count:].split(n))
+    rows = layout.streams(start, end, [embedded[b] for b in images])
+    hidden = model.lm.run_layer_streams(rows, block, None, update=False)
+    return list(hidden[GEN].split(n))
 
 
 @torch.no_grad()

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .cast_buffers import CastSlot, borrowed_slots, needs_cpu_cast
 from .transfer_ledger import ledger, tensor_bytes
 
 _PRECISION_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32",
@@ -53,15 +54,19 @@ class CastAtUse:
             ledger.record(type(self).__name__, self.stored_precision(),
                           tensor_bytes(tensor) if nbytes is None else nbytes, tensor.device != device)
 
-    def fetch(self, name: str, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor | None:
+    def fetch(self, name: str, device: torch.device, dtype: torch.dtype | None = None,
+              slot: CastSlot | None = None) -> torch.Tensor | None:
         """Stored tensor ``name`` on ``device`` in ``dtype`` (None keeps it), reported to the ledger as a read
         from where the layer holds it (its attribute: a test's ``stored`` may serve the values from elsewhere).
-        ``.to()`` returns the tensor itself when it already has this device and dtype: no copy when resident."""
+        ``.to()`` returns the tensor itself when it already has this device and dtype: no copy when resident.
+        ``slot``: a CPU dtype cast is written into that reused buffer (valid until the slot's next cast)."""
         tensor = self.stored(name)
         if tensor is None:
             return None
         held = getattr(self, name, None)
         self.report_read(tensor if held is None else held, device)
+        if slot is not None and needs_cpu_cast(tensor, device, dtype):
+            return slot.cast(tensor, dtype)
         return tensor.to(device=device, dtype=dtype)
 
     def cast_weights(self, x: torch.Tensor, dtype: torch.dtype | None = None,
@@ -73,8 +78,12 @@ class CastAtUse:
     def use_weights(self, x: torch.Tensor, dtype: torch.dtype | None = None,
                     bias_dtype: torch.dtype | None = None):
         """``cast_weights`` for the duration of a ``with`` block: a host that streams may release (unpin,
-        evict) the copies when the block ends, so the tensors must not be used after it."""
-        yield self.cast_weights(x, dtype, bias_dtype)
+        evict) the copies when the block ends, so the tensors must not be used after it. On the CPU a dtype cast
+        goes into a buffer that later blocks reuse (cast_buffers.py: a fresh allocation costs more than the
+        cast)."""
+        with borrowed_slots() as (weight_slot, bias_slot):
+            yield (self.fetch("weight", x.device, dtype, weight_slot),
+                   self.fetch("bias", x.device, bias_dtype or dtype, bias_slot))
 
 
 class Linear(CastAtUse, nn.Linear):

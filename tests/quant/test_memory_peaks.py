@@ -1,7 +1,8 @@
 """The memory estimate covers the transient peaks of a call: a growing KV cache, attention scores (bounded by
-query blocks on every device), and the LM prefill of an input image's ViT block."""
+query blocks wherever SDPA's math kernel would hold them), and the LM prefill of an input image's ViT block."""
 import pytest
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from bagel_model.checkpoint import memory
 from bagel_model.config import BagelConfig
@@ -71,13 +72,8 @@ def _qkv(num_q, num_k, heads=8, kv_heads=2, d=16, dtype=torch.float32):
             torch.randn(num_k, kv_heads, d, generator=g, dtype=dtype))
 
 
-@pytest.mark.parametrize("causal", [True, False])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_query_blocks_bound_the_score_matrix_and_keep_the_result(monkeypatch, causal, dtype):
-    q, k, v = _qkv(300, 420, dtype=dtype)
-    whole = attend(q, k, v, causal)
-    budget = 4 * 8 * 420 * 37  # 37 query rows per block
-    monkeypatch.setattr(attention, "SCORE_BLOCK_BYTES", budget)
+def _count_sdpa_calls(monkeypatch) -> list:
+    """Score-matrix bytes of every SDPA call from now on."""
     sizes = []
     real_sdpa = torch.nn.functional.scaled_dot_product_attention
 
@@ -85,9 +81,33 @@ def test_query_blocks_bound_the_score_matrix_and_keep_the_result(monkeypatch, ca
         sizes.append(4 * query.shape[1] * query.shape[2] * key.shape[2])
         return real_sdpa(query, key, value, **kwargs)
     monkeypatch.setattr(attention.F, "scaled_dot_product_attention", sdpa)
-    blocked = attend(q, k, v, causal)
+    return sizes
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_query_blocks_bound_the_score_matrix_and_keep_the_result(monkeypatch, causal, dtype):
+    q, k, v = _qkv(300, 420, dtype=dtype)
+    budget = 4 * 8 * 420 * 37  # 37 query rows per block
+    with sdpa_kernel(SDPBackend.MATH):  # the kernel that materialises the scores: blocks bound them
+        whole = attend(q, k, v, causal)
+        monkeypatch.setattr(attention, "SCORE_BLOCK_BYTES", budget)
+        sizes = _count_sdpa_calls(monkeypatch)
+        blocked = attend(q, k, v, causal)
     assert len(sizes) == -(-300 // 37) and max(sizes) <= budget
     torch.testing.assert_close(blocked, whole, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_tiled_kernel_gets_the_whole_block_in_one_call(monkeypatch, causal):
+    """CPU flash attention never holds the score matrix: one call, however small the budget."""
+    q, k, v = _qkv(300, 420)
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        expected = attend(q, k, v, causal)
+        monkeypatch.setattr(attention, "SCORE_BLOCK_BYTES", 4 * 8 * 420 * 37)
+        sizes = _count_sdpa_calls(monkeypatch)
+        assert torch.equal(attend(q, k, v, causal), expected)
+    assert len(sizes) == 1
 
 
 def test_estimate_counts_one_score_block_and_the_vit_prefill():
