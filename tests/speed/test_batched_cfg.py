@@ -15,11 +15,17 @@ from bagel_model.generation.batched_cfg import velocities
 RED = Image.new("RGB", (64, 48), (200, 30, 30))
 
 
-def _assert_same(a, b, pipe):
+def _assert_same(a, b, pipe, tolerance=1e-5):
     if pipe.compute_dtype == torch.bfloat16:
         assert torch.equal(a, b)
     else:
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(a, b, rtol=tolerance, atol=tolerance)
+
+
+# A whole generation compounds one step's float reordering over its steps: on a 2-core AVX2 EPYC (no AVX512) one
+# latent element of 88 064 differed by 1.03e-5 after the edit's steps; a real change of arithmetic moves them by
+# orders of magnitude more.
+MULTI_STEP_TOLERANCE = 5e-5
 
 
 def _edit_contexts(pipe):
@@ -44,10 +50,10 @@ def test_generate_and_edit_results_equal_with_and_without_batching(speed_pipe):
     args = dict(width=48, height=32, steps=5, seed=4, cfg_img_scale=1.5)  # cfg_img == gen here: reused branch
     on = speed_pipe.generate_image("a red cube", batch_cfg=True, **args)
     off = speed_pipe.generate_image("a red cube", batch_cfg=False, **args)
-    _assert_same(on.latents[0], off.latents[0], speed_pipe)
+    _assert_same(on.latents[0], off.latents[0], speed_pipe, MULTI_STEP_TOLERANCE)
     edit_on = speed_pipe.edit_image([RED], "make it blue", steps=4, seed=2, batch_cfg=True)
     edit_off = speed_pipe.edit_image([RED], "make it blue", steps=4, seed=2, batch_cfg=False)
-    _assert_same(edit_on.latents[0], edit_off.latents[0], speed_pipe)
+    _assert_same(edit_on.latents[0], edit_off.latents[0], speed_pipe, MULTI_STEP_TOLERANCE)
 
 
 def test_batched_call_leaves_contexts_unchanged(fp32_pipe):
