@@ -73,7 +73,7 @@ def test_latent_of_the_wrong_size_says_which_sizes_work(ours, loaded, latent, me
 @pytest.mark.parametrize("name", ["cfg_text_scale", "cfg_img_scale", "cfg_renorm_min"])
 def test_nan_scale_is_refused(ours, loaded, name):
     model, clip = loaded[2], loaded[3]
-    with pytest.raises(ValueError, match=f"{name} must be a finite number"):
+    with pytest.raises(ValueError, match=f"{name}=NaN is not a finite number"):  # the input guard, first
         run_node(ours["BagelMoTGuider"], model=model, positive=encode(clip, "a cat"), negative=encode(clip, ""),
                  **dict(GUIDER, **{name: math.nan}))
 
