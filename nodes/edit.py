@@ -1,21 +1,14 @@
 """Image Edit node: an instruction applied to each image of a batch, one by one."""
 from .batch_runner import run_jobs, with_warnings
 from .image_convert import image_batch_to_pil, pixels_to_image_batch, resize_pixels, result_pixels
-from .sampler_inputs import (EDIT_DEFAULTS, core_sampler_kwargs, model_input, plan_or_none,
-                             prompt_and_interval_problems, sampler_input_types, seed_input, size_input,
-                             step_cache_input, text_input, thinking_input)
-from .validation import first_problem, raise_if_problem, size_problem
+from .sampler_inputs import (EDIT_DEFAULTS, core_sampler_kwargs, model_input, plan_or_none, sampler_input_types,
+                             seed_input, size_input, step_cache_input, text_input, thinking_input)
+from .validation import INTERVAL_CHECKS, first_problem, raise_if_problem, size_checks, text_problem
 from .vae_bridge import latent_output
 
 # native: the model's own rule (input resized to BAGEL's working size, at most 1024 a side);
 # match_input: native, then resized back to the input's exact size; custom: width x height.
 OUTPUT_SIZE_MODES = ("native", "match_input", "custom")
-
-
-def _custom_size_problems(output_size, width, height):
-    if output_size != "custom":
-        return None, None
-    return size_problem("width", width), size_problem("height", height)
 
 
 class BagelMoTEdit:
@@ -30,6 +23,9 @@ class BagelMoTEdit:
                        "The edited images as FLUX latents at the size BAGEL generated them (before "
                        "match_input's resize): decode with core VAE Decode and the loader's vae.")
     FUNCTION = "edit"
+    # Applied by the input guard (input_guard.py) to the posted prompt and again when the node runs; each
+    # problem is one error on its own input. width and height count only for a custom output_size.
+    INPUT_CHECKS = (*size_checks(lambda values: values.get("output_size") == "custom"), *INTERVAL_CHECKS)
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -55,21 +51,14 @@ class BagelMoTEdit:
             },
         }
 
+    # Only instruction: ComfyUI repeats a VALIDATE_INPUTS message once for every argument it takes.
     @classmethod
-    def VALIDATE_INPUTS(cls, instruction=None, output_size=None, width=None, height=None,
-                        cfg_interval_start=None, cfg_interval_end=None):
-        return first_problem(
-            *_custom_size_problems(output_size, width, height),
-            *prompt_and_interval_problems("instruction", instruction, cfg_interval_start, cfg_interval_end),
-        )
+    def VALIDATE_INPUTS(cls, instruction=None):
+        return first_problem(text_problem("instruction", instruction))
 
     def edit(self, bagel_model, image, instruction, output_size, width, height, seed,
              reference_images=None, thinking="", **sampler):
-        raise_if_problem(
-            *_custom_size_problems(output_size, width, height),
-            *prompt_and_interval_problems("instruction", instruction, sampler["cfg_interval_start"],
-                                          sampler["cfg_interval_end"]),
-        )
+        raise_if_problem(text_problem("instruction", instruction))
         sources = image_batch_to_pil(image, "image")
         references = [] if reference_images is None else image_batch_to_pil(reference_images, "reference_images")
         size = (int(width), int(height)) if output_size == "custom" else None

@@ -1,14 +1,18 @@
-"""Refuses NaN, +-inf and non-boolean switches for every node of the pack, as one validation error that names the
-input, before anything runs.
+"""Refuses bad values for every node of the pack, as one validation error that names the input, before anything
+runs: NaN, +-inf and non-boolean switches for every node, and what a node declares in its INPUT_CHECKS (sizes,
+cfg interval; rows of validation.InputCheck).
 
-ComfyUI's own checks let them through (0.3.64 and 0.33 alike): its min/max test is false for NaN, as every
-comparison with NaN is, and it turns any value of a BOOLEAN input into bool(value) before a node's
-VALIDATE_INPUTS could see it (NaN or "no" becomes True). So the values are checked earlier, on the prompt as
-posted (PromptServer's on-prompt hook), against each class's INPUT_TYPES: FLOAT and INT inputs must be finite
-numbers, BOOLEAN inputs true or false. A refused value is replaced by a RefusedValue whose conversion to the
-input's type raises the message, so ComfyUI's own type check reports exactly one error for that input (type
-`invalid_input_type`, our message in its details); the node's VALIDATE_INPUTS is not asked about that prompt,
-so it never computes with the value. Values that arrive through links are checked when the node runs.
+ComfyUI's own checks let the first kind through (0.3.64 and 0.33 alike): its min/max test is false for NaN, as
+every comparison with NaN is, and it turns any value of a BOOLEAN input into bool(value) before a node's
+VALIDATE_INPUTS could see it (NaN or "no" becomes True). And a VALIDATE_INPUTS message is repeated once for every
+argument VALIDATE_INPUTS takes, so a check there that reads several inputs shows one mistake several times. So the
+values are checked earlier, on the prompt as posted (PromptServer's on-prompt hook), against each class's
+INPUT_TYPES and INPUT_CHECKS: FLOAT and INT inputs must be finite numbers, BOOLEAN inputs true or false, and each
+INPUT_CHECKS row refuses the one input it names. A refused value is replaced by a RefusedValue whose conversion to
+the input's type raises the message, so ComfyUI's own type check reports exactly one error for that input (type
+`invalid_input_type`, our message in its details) and skips its min/max test for it; a VALIDATE_INPUTS that
+would get the value is not asked about that prompt, so it never computes with it. Values that arrive through
+links are checked, by the same rules, when the node runs.
 
 `guard_nodes` is applied once, where the pack registers its nodes (nodes/__init__.py), so every node the
 registry holds gets it without code of its own.
@@ -87,22 +91,55 @@ def _literal(value):
     return None if isinstance(value, list) else value
 
 
+def _converted(kind: str, value):
+    """A literal as ComfyUI hands it to the node (int()/float() for INT/FLOAT), or None where that conversion
+    fails (ComfyUI's own error names the input) or the value is already refused."""
+    if isinstance(value, RefusedValue):
+        return None
+    if kind not in ("INT", "FLOAT") or value is None:
+        return value
+    try:
+        return int(value) if kind == "INT" else float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def check_problems(node_class, values: dict):
+    """(input, message) for each input an INPUT_CHECKS row of ``node_class`` refuses, the first row's message."""
+    refused = set()
+    for check in getattr(node_class, "INPUT_CHECKS", ()):
+        problem = None if check.input in refused else check.problem(values)
+        if problem:
+            refused.add(check.input)
+            yield check.input, problem
+
+
+def _refuse(node: dict, name: str, value, problem: str) -> None:
+    logger.warning("%s: %s", node.get("class_type"), problem)
+    node["inputs"][name] = RefusedValue(_shown(value), problem)
+
+
 def refuse_bad_values(node_classes: dict, json_data):
-    """PromptServer on-prompt hook: replaces each refused literal of the pack's nodes by a RefusedValue."""
+    """PromptServer on-prompt hook: replaces each refused literal of the pack's nodes by a RefusedValue (first
+    NaN/inf/non-booleans, then the node's INPUT_CHECKS on the values left; a link is None to them)."""
     prompt = json_data.get("prompt") if isinstance(json_data, dict) else None
     for node in (prompt.values() if isinstance(prompt, dict) else ()):
         node_class = node_classes.get(node.get("class_type")) if isinstance(node, dict) else None
         inputs = node.get("inputs") if node_class is not None else None
         if not isinstance(inputs, dict):
             continue
-        for name, (kind, options) in input_specs(node_class).items():
+        specs = input_specs(node_class)
+        for name, (kind, options) in specs.items():
             value = _literal(inputs.get(name))
             if name not in inputs or (value is None and kind != "BOOLEAN") or isinstance(inputs[name], list):
                 continue
             problem = value_problem(name, kind, options, value)
             if problem:
-                logger.warning("%s: %s", node.get("class_type"), problem)
-                inputs[name] = RefusedValue(_shown(value), problem)
+                _refuse(node, name, value, problem)
+        values = {name: _converted(specs.get(name, ("",))[0], _literal(raw)) for name, raw in inputs.items()}
+        for name, problem in check_problems(node_class, values):
+            if values.get(name) is not None:  # known now; a linked one is checked when the node runs
+                _refuse(node, name, _literal(inputs[name]), problem)
     return json_data
 
 
@@ -123,30 +160,58 @@ def _skip_validation_when_refused(node_class) -> None:
     node_class.VALIDATE_INPUTS = classmethod(validate)
 
 
+def _called_values(signature: inspect.Signature, args: tuple, kwargs: dict) -> dict:
+    """{input name: value} of a call of the node's function (ComfyUI passes keywords; direct callers may not)."""
+    try:
+        bound = signature.bind_partial(None, *args, **kwargs)  # None: self, not an input
+    except TypeError:
+        return dict(kwargs)  # a wrong call: the function itself says what is wrong
+    values = {}
+    for name, value in list(bound.arguments.items())[1:]:
+        if signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
+            values.update(value)
+        else:
+            values[name] = value
+    return values
+
+
 def _check_when_run(node_class) -> None:
     """The node's function refuses the same values when they come through links (known only at run time)."""
     original = getattr(node_class, getattr(node_class, "FUNCTION", ""), None)
     if not callable(original):
         return
+    signature = inspect.signature(original)
 
-    def problems(kwargs) -> None:
-        specs = input_specs(node_class)
-        for name, value in kwargs.items():
+    def problems(args, kwargs) -> None:
+        specs, values = input_specs(node_class), _called_values(signature, args, kwargs)
+        for name, value in values.items():
             problem = value_problem(name, *specs[name], value) if name in specs else None
             if problem:
                 raise ValueError(f"{problem} (It came through a link; fix the node that feeds '{name}'.)")
+        for _, problem in check_problems(node_class, values):
+            raise ValueError(problem)
 
     if inspect.iscoroutinefunction(original):
         @functools.wraps(original)
         async def run(self, *args, **kwargs):
-            problems(kwargs)
+            problems(args, kwargs)
             return await original(self, *args, **kwargs)
     else:
         @functools.wraps(original)
         def run(self, *args, **kwargs):
-            problems(kwargs)
+            problems(args, kwargs)
             return original(self, *args, **kwargs)
     setattr(node_class, node_class.FUNCTION, run)
+
+
+def _require_refusable_checks(node_class) -> None:
+    """Each INPUT_CHECKS row must name a FLOAT, INT or BOOLEAN input: ComfyUI turns a STRING input's value into
+    str(value), which a RefusedValue survives, so a refused text would pass validation unnoticed."""
+    specs = input_specs(node_class)
+    for check in getattr(node_class, "INPUT_CHECKS", ()):
+        if check.input not in specs:
+            raise TypeError(f"{node_class.__name__}.INPUT_CHECKS: '{check.input}' is not a FLOAT, INT or BOOLEAN "
+                            f"input of the node; check text in a one-argument VALIDATE_INPUTS instead.")
 
 
 def guard_nodes(node_classes: dict) -> None:
@@ -154,6 +219,7 @@ def guard_nodes(node_classes: dict) -> None:
     prompt handler; the hook reads ``node_classes`` at each prompt."""
     for node_class in node_classes.values():
         if not node_class.__dict__.get(_GUARDED_MARK):
+            _require_refusable_checks(node_class)
             _skip_validation_when_refused(node_class)
             _check_when_run(node_class)
             setattr(node_class, _GUARDED_MARK, True)

@@ -4,7 +4,7 @@ from bagel_model.generation.sampler import EDIT_DEFAULTS, RENORM_TYPES, SamplerS
 from bagel_model.generation.sampler import GENERATE_DEFAULTS as TEXT_TO_IMAGE_DEFAULTS  # noqa: F401
 
 from .model_handle import MODEL_TYPE
-from .validation import MAX_SIDE, MIN_SIDE, SIZE_MULTIPLE, interval_problem, text_problem
+from .validation import MAX_SIDE, MIN_SIDE, SIZE_MULTIPLE
 
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
 
@@ -85,7 +85,3 @@ def plan_or_none(thinking) -> str | None:
     """Only an empty box means 'no plan'. Any other text, even blank lines, is used as the plan: the Think node
     passes on whatever the model wrote, and that must give the same image as BAGEL's integrated think."""
     return thinking if thinking else None
-
-
-def prompt_and_interval_problems(prompt_name: str, prompt, start, end):
-    return text_problem(prompt_name, prompt), interval_problem(start, end)

@@ -11,7 +11,7 @@ from .image_convert import image_batch_to_pil
 from .progress import NodeProgress
 from .sampler_inputs import SEED_MAX, TEXT_TO_IMAGE_DEFAULTS, sampler_input_types
 from .text_nodes import think_input_types
-from .validation import interval_problem, raise_if_problem
+from .validation import INTERVAL_CHECKS
 
 GUIDER_SCALES = ("cfg_text_scale", "cfg_img_scale", "cfg_interval_start", "cfg_interval_end", "cfg_renorm_min",
                  "cfg_renorm_type")
@@ -58,6 +58,9 @@ class BagelMoTGuider:
     RETURN_TYPES = ("GUIDER",)
     RETURN_NAMES = ("guider",)
     FUNCTION = "get_guider"
+    # Applied by the input guard (input_guard.py) to the posted prompt and when the node runs: a reversed interval
+    # is one error, on cfg_interval_start.
+    INPUT_CHECKS = INTERVAL_CHECKS
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -72,15 +75,10 @@ class BagelMoTGuider:
             "tooltip": "The context without images, for cfg_img_scale. Default: the prompt text alone."})}
         return {"required": required, "optional": optional}
 
-    @classmethod
-    def VALIDATE_INPUTS(cls, cfg_interval_start=None, cfg_interval_end=None):
-        return interval_problem(cfg_interval_start, cfg_interval_end) or True
-
     def get_guider(self, model, positive, negative, without_images=None, **scales):
         for name in GUIDER_SCALES[:5]:
             if not math.isfinite(float(scales[name])):
                 raise ValueError(f"{name} must be a finite number, got {scales[name]!r}.")
-        raise_if_problem(interval_problem(scales["cfg_interval_start"], scales["cfg_interval_end"]))
         settings = SamplerSettings(
             cfg_text_scale=float(scales["cfg_text_scale"]), cfg_img_scale=float(scales["cfg_img_scale"]),
             cfg_interval=(float(scales["cfg_interval_start"]), float(scales["cfg_interval_end"])),

@@ -2,10 +2,10 @@
 from .batch_runner import with_warnings
 from .image_convert import pixels_to_image_batch, result_pixels
 from .progress import NodeProgress
-from .sampler_inputs import (SEED_MAX, TEXT_TO_IMAGE_DEFAULTS, core_sampler_kwargs, model_input,
-                             plan_or_none, prompt_and_interval_problems, sampler_input_types, seed_input,
-                             size_input, step_cache_input, text_input, thinking_input)
-from .validation import first_problem, raise_if_problem, size_problem
+from .sampler_inputs import (SEED_MAX, TEXT_TO_IMAGE_DEFAULTS, core_sampler_kwargs, model_input, plan_or_none,
+                             sampler_input_types, seed_input, size_input, step_cache_input, text_input,
+                             thinking_input)
+from .validation import INTERVAL_CHECKS, first_problem, raise_if_problem, size_checks, text_problem
 from .vae_bridge import latent_output
 
 
@@ -21,6 +21,9 @@ class BagelMoTTextToImage:
                        "The same images as FLUX latents: decode with core VAE Decode and the loader's vae "
                        "(or FLUX ae.safetensors), or pass them on to other latent nodes.")
     FUNCTION = "generate"
+    # Applied by the input guard (input_guard.py) to the posted prompt and again when the node runs; each
+    # problem is one error on its own input.
+    INPUT_CHECKS = (*size_checks(), *INTERVAL_CHECKS)
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -37,20 +40,13 @@ class BagelMoTTextToImage:
         optional = {"thinking": thinking_input(), "step_cache": step_cache_input()}
         return {"required": required, "optional": optional}
 
+    # Only prompt: ComfyUI repeats a VALIDATE_INPUTS message once for every argument it takes.
     @classmethod
-    def VALIDATE_INPUTS(cls, prompt=None, width=None, height=None,
-                        cfg_interval_start=None, cfg_interval_end=None):
-        return first_problem(
-            size_problem("width", width), size_problem("height", height),
-            *prompt_and_interval_problems("prompt", prompt, cfg_interval_start, cfg_interval_end),
-        )
+    def VALIDATE_INPUTS(cls, prompt=None):
+        return first_problem(text_problem("prompt", prompt))
 
     def generate(self, bagel_model, prompt, width, height, seed, batch_size, thinking="", **sampler):
-        raise_if_problem(
-            size_problem("width", width), size_problem("height", height),
-            *prompt_and_interval_problems("prompt", prompt, sampler["cfg_interval_start"],
-                                          sampler["cfg_interval_end"]),
-        )
+        raise_if_problem(text_problem("prompt", prompt))
         pipeline = bagel_model.ready_pipeline("t2i", width, height, num_images=int(batch_size))
         progress = NodeProgress(1, previews=True)
         # One core call for the batch: it builds the prompt context once and, where the device default

@@ -42,6 +42,9 @@ def sizes_and_prompts(s: Sweep) -> None:
         _set(s.prompt(T2I), "BagelMoTTextToImage", height=2048), "height=2048", "between 16 and 1024"))
     s.record("Edit custom size 1000x50", lambda: s.rejected(
         _set(s.prompt(EDIT), "BagelMoTEdit", output_size="custom", width=1000, height=50), "width=1000"))
+    s.record("cfg interval reversed (start 0.9, end 0.1)", lambda: s.rejected(
+        _set(s.prompt(T2I), "BagelMoTTextToImage", cfg_interval_start=0.9, cfg_interval_end=0.1),
+        "cfg_interval_start=0.9 is after cfg_interval_end=0.1"))
     s.record("empty prompt (spaces only)", lambda: s.rejected(
         _set(s.prompt(T2I), "BagelMoTTextToImage", prompt="   "), "'prompt' is empty"))
     s.record("empty Understand question", lambda: s.rejected(

@@ -150,14 +150,14 @@ class Sweep:
         shown = []
         for node in body["node_errors"].values():
             for error in node["errors"]:
-                # ComfyUI repeats a VALIDATE_INPUTS message once per input the check looked at ("input - msg").
-                if error["type"] == "custom_validation_failed":
+                if error["type"] == "custom_validation_failed":  # details: "input - message"
                     text = error["details"].split(" - ", 1)[-1]
                 else:
                     text = f"{error['message']}: {error['details']}"
                 entry = f"{node['class_type']}: {text}"
-                if entry not in shown:
-                    shown.append(entry)
+                # One mistake, one error: a message shown twice would be one mistake reported on two inputs.
+                assert entry not in shown, f"error repeated: {one_line(entry)}"
+                shown.append(entry)
         text = " ".join(shown)
         for fragment in fragments:
             assert fragment in text, f"{fragment!r} not in {text!r}"

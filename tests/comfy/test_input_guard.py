@@ -2,8 +2,11 @@
 through ComfyUI's HTTP API, node by node: HTTP 400 with exactly one error for the node, naming the input, and
 nothing queued (no weight is read). The list of nodes and inputs is read from the server's /object_info, so a
 node added to the pack is covered without a change here. Also one error per mistake in the loader's
-model_folder, and the run-time check of values that come through links."""
+model_folder and in the checks nodes declare in INPUT_CHECKS (sizes, cfg interval: one error, on the input the
+check names, where a VALIDATE_INPUTS over several inputs gave one per input), and the run-time check of values
+that come through links."""
 import math
+import sys
 
 import pytest
 
@@ -148,3 +151,74 @@ def test_values_through_links_are_refused_when_the_node_runs(comfy_nodes):
     understand = comfy_nodes.NODE_CLASS_MAPPINGS["BagelMoTUnderstand"]()
     with pytest.raises(ValueError, match="do_sample=1 is not a boolean"):
         understand.understand(bagel_model=None, question="x", do_sample=1)
+
+
+def _errors(server, class_type: str, **values) -> list[dict]:
+    """Every error entry of the answer to a prompt holding ``class_type`` with ``values`` (all nodes counted)."""
+    builder = PromptBuilder(server.client.object_info())
+    node_id = builder.add(class_type)
+    builder.prompt[node_id]["inputs"].update(values)
+    status, body = server.client.queue(builder.with_output(node_id))
+    assert status == 400, body
+    return [error for node in body["node_errors"].values() for error in node["errors"]]
+
+
+def _one_error_on(errors: list[dict], name: str, *fragments: str) -> str:
+    assert len(errors) == 1, errors
+    assert errors[0]["extra_info"]["input_name"] == name, errors
+    for fragment in fragments:
+        assert fragment in errors[0]["details"], errors
+    return errors[0]["details"]
+
+
+def test_one_mistake_is_one_error_naming_its_input(server):
+    t2i, edit, guider = "BagelMoTTextToImage", "BagelMoTEdit", "BagelMoTGuider"
+    _one_error_on(_errors(server, t2i, width=100), "width", "width=100 is not supported", "use 96 or 112.")
+    # Over ComfyUI's max of 1024: our message alone (ComfyUI skips its max test for a refused value).
+    _one_error_on(_errors(server, t2i, height=2000), "height", "height=2000 is not supported", "use 1024.")
+    _one_error_on(_errors(server, t2i, prompt="  "), "prompt", "'prompt' is empty")
+    _one_error_on(_errors(server, t2i, cfg_interval_start=0.9, cfg_interval_end=0.1), "cfg_interval_start",
+                  "cfg_interval_start=0.9 is after cfg_interval_end=0.1", "0 <= start <= end <= 1")
+    _one_error_on(_errors(server, t2i, cfg_interval_end=1.5), "cfg_interval_end", "cfg_interval_end=1.5 is outside")
+    _one_error_on(_errors(server, edit, output_size="custom", width=100), "width", "width=100", "use 96 or 112.")
+    # native ignores width: the prompt's only error is the empty instruction (nothing is run).
+    _one_error_on(_errors(server, edit, output_size="native", width=100, instruction=""), "instruction",
+                  "'instruction' is empty")
+    _one_error_on(_errors(server, guider, cfg_interval_start=0.9, cfg_interval_end=0.2), "cfg_interval_start",
+                  "cfg_interval_start=0.9 is after cfg_interval_end=0.2")
+    two = _errors(server, t2i, width=100, prompt="")  # two mistakes: one error each
+    assert sorted(error["extra_info"]["input_name"] for error in two) == ["prompt", "width"], two
+    assert server.client.get("/queue") == {"queue_running": [], "queue_pending": []}
+
+
+def test_sizes_and_interval_through_links_are_refused_when_the_node_runs(comfy_nodes):
+    sampler = dict(cfg_interval_start=0.4, cfg_interval_end=1.0)
+    t2i = comfy_nodes.NODE_CLASS_MAPPINGS["BagelMoTTextToImage"]()
+    with pytest.raises(ValueError, match=r"^width=100 is not supported.*use 96 or 112\.$"):
+        t2i.generate(None, "x", 100, 64, 0, 1, **sampler)
+    edit = comfy_nodes.NODE_CLASS_MAPPINGS["BagelMoTEdit"]()
+    with pytest.raises(ValueError, match=r"^height=50 is not supported"):
+        edit.edit(None, None, "x", "custom", 64, 50, 0, **sampler)
+    guider = comfy_nodes.NODE_CLASS_MAPPINGS["BagelMoTGuider"]()
+    with pytest.raises(ValueError, match=r"^cfg_interval_start=0.9 is after cfg_interval_end=0.2"):
+        guider.get_guider(None, None, None, cfg_text_scale=4.0, cfg_img_scale=1.0, cfg_interval_start=0.9,
+                          cfg_interval_end=0.2, cfg_renorm_min=0.0, cfg_renorm_type="global")
+
+
+def test_a_check_on_a_text_input_is_refused_at_registration(comfy_nodes):
+    pack = comfy_nodes.NODE_CLASS_MAPPINGS["BagelMoTEdit"].__module__.rsplit(".", 1)[0]
+    guard, validation = sys.modules[pack + ".input_guard"], sys.modules[pack + ".validation"]
+
+    class TextChecked:
+        FUNCTION = "run"
+        INPUT_CHECKS = (validation.InputCheck("text", lambda values: "never"),)
+
+        @classmethod
+        def INPUT_TYPES(cls):
+            return {"required": {"text": ("STRING", {}), "steps": ("INT", {"default": 1})}}
+
+        def run(self, text, steps):
+            return (text,)
+
+    with pytest.raises(TypeError, match="'text' is not a FLOAT, INT or BOOLEAN input"):
+        guard.guard_nodes({"TextChecked": TextChecked})

@@ -175,20 +175,50 @@ def test_model_is_managed_by_comfyui_memory_manager(ours, model):
     assert model.patcher in mm.loaded_models()
 
 
+def refused(ours, class_type: str, **inputs) -> dict[str, str]:
+    """{input: message} of what the input guard refuses in a prompt holding one ``class_type`` node."""
+    guard = sys.modules[ours[class_type].__module__.rsplit(".", 1)[0] + ".input_guard"]
+    prompt = {"1": {"class_type": class_type, "inputs": inputs}}
+    guard.refuse_bad_values(ours, {"prompt": prompt})
+    return {name: value.problem for name, value in prompt["1"]["inputs"].items()
+            if isinstance(value, guard.RefusedValue)}
+
+
 def test_validation_messages_name_the_input_and_fix(ours, tiny_checkpoint):
     t2i, edit, loader = ours["BagelMoTTextToImage"], ours["BagelMoTEdit"], ours["BagelMoTModelLoader"]
-    assert "multiples of 16" in t2i.VALIDATE_INPUTS(prompt="x", width=100, height=64)
-    assert t2i.VALIDATE_INPUTS(prompt="x", width=100, height=64).endswith("use 96 or 112.")
-    assert t2i.VALIDATE_INPUTS(prompt="x", width=64, height=2000).endswith("use 1024.")
-    assert "'prompt' is empty" in t2i.VALIDATE_INPUTS(prompt=" ", width=64, height=64)
-    assert "start <= end" in t2i.VALIDATE_INPUTS(prompt="x", cfg_interval_start=0.9, cfg_interval_end=0.1)
-    assert t2i.VALIDATE_INPUTS(prompt=None, width=None, height=None) is True  # linked inputs
-    assert edit.VALIDATE_INPUTS(instruction="x", output_size="native", width=100, height=100) is True
-    assert "width=100" in edit.VALIDATE_INPUTS(instruction="x", output_size="custom", width=100, height=64)
+    good = dict(prompt="x", width=64, height=64, cfg_interval_start=0.4, cfg_interval_end=1.0)
+    assert refused(ours, "BagelMoTTextToImage", **good) == {}
+    width = refused(ours, "BagelMoTTextToImage", **dict(good, width=100))
+    assert list(width) == ["width"] and "multiples of 16" in width["width"]
+    assert width["width"].startswith("width=100 ") and width["width"].endswith("use 96 or 112.")
+    assert refused(ours, "BagelMoTTextToImage", **dict(good, height=2000))["height"].endswith("use 1024.")
+    reversed_interval = refused(ours, "BagelMoTTextToImage", **dict(good, cfg_interval_start=0.9, cfg_interval_end=0.1))
+    assert list(reversed_interval) == ["cfg_interval_start"]
+    assert "start <= end" in reversed_interval["cfg_interval_start"]
+    assert "lower cfg_interval_start or raise cfg_interval_end" in reversed_interval["cfg_interval_start"]
+    assert refused(ours, "BagelMoTTextToImage", **dict(good, width=["7", 0], height=["7", 1])) == {}  # links
+    assert "'prompt' is empty" in t2i.VALIDATE_INPUTS(prompt=" ")
+    assert t2i.VALIDATE_INPUTS(prompt=None) is True  # a linked prompt
+    assert "'instruction' is empty" in edit.VALIDATE_INPUTS(instruction="")
+    edit_inputs = dict(instruction="x", output_size="native", width=100, height=100)
+    assert refused(ours, "BagelMoTEdit", **edit_inputs) == {}
+    custom = refused(ours, "BagelMoTEdit", **dict(edit_inputs, output_size="custom", height=64))
+    assert list(custom) == ["width"] and custom["width"].startswith("width=100 ")
     assert "was not found" in loader.VALIDATE_INPUTS("missing-model")
     assert loader.VALIDATE_INPUTS(tiny_checkpoint.name) is True
     with pytest.raises(ValueError, match="batch of 2"):
         ours["BagelMoTThink"]().think(None, "plan", 4, False, 0.3, 0, image=image_batch(2))
+
+
+def test_validate_inputs_takes_one_input_at_most(ours):
+    """ComfyUI repeats a VALIDATE_INPUTS message once for every argument it takes (0.3.64 and 0.33 alike), so
+    one mistake is one error only where it takes one; checks that read several inputs are INPUT_CHECKS rows."""
+    import inspect
+
+    for name, cls in ours.items():
+        if hasattr(cls, "VALIDATE_INPUTS"):
+            arguments = inspect.getfullargspec(cls.VALIDATE_INPUTS)
+            assert len(arguments.args) == 2 and arguments.varkw is None, f"{name}: {arguments}"
 
 
 def test_loader_refuses_with_numbers_when_memory_cannot_fit(ours, tiny_checkpoint, monkeypatch):

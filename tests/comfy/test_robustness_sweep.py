@@ -49,10 +49,11 @@ NOTES = [
     "(HTTP 400 from the loader's VALIDATE_INPUTS, which checks every file against the list the loader needs), "
     "before anything is loaded. A folder whose files are whole but belong to another model size is found when "
     "its weights are matched to the configs, so it is an execution error of the loader.",
-    "* ComfyUI repeats a VALIDATE_INPUTS message once for every input the check looked at (the UI outlines "
-    "each); the table shows each message once. The loader's check looks at model_folder alone, so a broken or "
-    "missing folder is one error; NaN, infinite and non-boolean values are one error on their input "
-    "(nodes/input_guard.py).",
+    "* Each mistake is one error, on the input it belongs to (the sweep fails on a repeated one): ComfyUI "
+    "repeats a VALIDATE_INPUTS message once for every argument it takes, so the pack's VALIDATE_INPUTS take one "
+    "input each (model_folder, a prompt's text), and sizes, the cfg interval and NaN, infinite and non-boolean "
+    "values are refused on their input by nodes/input_guard.py (ComfyUI's `Failed to convert` error with the "
+    "pack's message).",
     "* Bytes corrupted inside the tensor data of an otherwise intact safetensors file cannot be seen without "
     "checksums: such a file loads and produces noise.",
     "* Input images of any size are brought to BAGEL's working sizes by its own resize rules (the VAE side at "
