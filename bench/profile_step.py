@@ -118,6 +118,22 @@ def print_row(row: dict, top_ops: int) -> None:
         print(f"    {op:45s} {kind:20s} {1000 * seconds:9.1f} ms {calls:6d} calls {written / 2 ** 20:9.1f} MiB out")
     print(f"  its GEMMs at the measured throughput: {row['ideal_fp32']:.3f} s fp32, {row['ideal_bf16']:.3f} s bf16 "
           f"-> step reaches {100 * row['fraction']:.1f} % of the measured {row['dtype']} GEMM throughput")
+    print_floor(row)
+
+
+def print_floor(row: dict) -> None:
+    """What is left to win besides the matrix arithmetic: the GEMM and attention kernels of the recorded step are
+    the least a step can take without faster kernels, so removing every other kind of work makes this step at
+    most step / floor faster. Attention counted as if it ran at the step's measured GEMM rate shows how much of
+    the gap is the attention kernel's own speed (arithmetic, not overhead)."""
+    record, cpu = row["record"], row["cpu"]
+    floor = record.seconds["GEMM"] + record.seconds["attention"]
+    ideal = row[f"ideal_{row['dtype']}"]
+    attention_at_gemm_rate = row["attention_flops"] * ideal / row["gemm_flops"]
+    print(f"  GEMM + attention kernels: {floor:.3f} s ({100 * floor / cpu:.1f} % of the step): without any other "
+          f"work this step would be at most {cpu / floor:.3f}x faster")
+    print(f"  GEMMs and attention FLOPs at the measured {row['dtype']} GEMM throughput: "
+          f"{ideal + attention_at_gemm_rate:.3f} s -> {100 * (ideal + attention_at_gemm_rate) / cpu:.1f} % of the step")
 
 
 def markdown(rows: list[dict]) -> str:
