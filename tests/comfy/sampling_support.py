@@ -1,5 +1,7 @@
 """Helpers for the tests of BAGEL inside ComfyUI's own sampling: stock nodes called the way each ComfyUI version
 defines them (V1 classes on 0.3.64, V3 ``io.ComfyNode`` on 0.33), and a counter of understanding-expert rows."""
+from contextlib import contextmanager
+
 import pytest
 import torch
 
@@ -66,12 +68,31 @@ GUIDER = dict(cfg_text_scale=4.0, cfg_img_scale=1.0, cfg_interval_start=0.4, cfg
               cfg_renorm_min=0.0, cfg_renorm_type="global")
 
 
+@contextmanager
+def fp32_compute():
+    """Models loaded inside compute in fp32 on every CPU (ComfyUI's --force-fp32, for the duration of the block).
+
+    The equalities these tests check are float32-rounding sized. With bf16 compute (a CPU with native bf16) the
+    first Euler step is still bit-identical, but from the second step on the ~1e-7 differences of ComfyUI's round
+    trip through ``denoised = x - sigma * v`` flip bf16 roundings of the model (measured on an AVX512-BF16 CPU:
+    0.022 after 2 steps, 0.12 after 4, latents up to 13), which would hide a real difference between two paths."""
+    import comfy.model_management as mm
+
+    forced = mm.FORCE_FP32
+    mm.FORCE_FP32 = True
+    try:
+        yield
+    finally:
+        mm.FORCE_FP32 = forced
+
+
 def load_outputs(ours, tiny_checkpoint, precision: str = "bf16") -> tuple:
-    """The loader's (bagel_model, vae, model, clip) for the tiny checkpoint."""
+    """The loader's (bagel_model, vae, model, clip) for the tiny checkpoint, computing in fp32 (``fp32_compute``)."""
     import folder_paths
 
     folder_paths.add_model_folder_path("bagel", str(tiny_checkpoint.parent))
-    return ours["BagelMoTModelLoader"]().load(tiny_checkpoint.name, precision, False)
+    with fp32_compute():
+        return ours["BagelMoTModelLoader"]().load(tiny_checkpoint.name, precision, False)
 
 
 def bagel_guider(ours, model, positive, negative, **scales):

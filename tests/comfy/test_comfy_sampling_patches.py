@@ -3,7 +3,7 @@ MultiGPU through ``cached_patcher_init``, and the think node's plan in a conditi
 import pytest
 import torch
 
-from sampling_support import GUIDER, bagel_guider, empty_latent, encode, run_node, sample_custom, stock
+from sampling_support import GUIDER, bagel_guider, empty_latent, encode, fp32_compute, run_node, sample_custom, stock
 from sampling_support import loaded, ours  # noqa: F401 (fixtures)
 
 WIDTH, HEIGHT, SEED = 32, 32, 3
@@ -51,11 +51,12 @@ def test_cached_patcher_init_builds_a_fresh_copy_that_samples_the_same(ours, loa
     model, clip = loaded[2], loaded[3]
     positive, negative = encode(clip, "a red cube"), encode(clip, "")
     expected = sample(ours, model, positive, negative, 4)
-    if hasattr(model, "deepclone_multigpu"):  # ComfyUI 0.33: what MultiGPU_WorkUnits calls
-        fresh = model.deepclone_multigpu(new_load_device=model.load_device)
-    else:
-        factory, args = model.cached_patcher_init[:2]
-        fresh = factory(*args)
+    with fp32_compute():  # as the model it copies was loaded (sampling_support.load_outputs)
+        if hasattr(model, "deepclone_multigpu"):  # ComfyUI 0.33: what MultiGPU_WorkUnits calls
+            fresh = model.deepclone_multigpu(new_load_device=model.load_device)
+        else:
+            factory, args = model.cached_patcher_init[:2]
+            fresh = factory(*args)
     assert fresh.model.diffusion_model is not model.model.diffusion_model
     fresh_weight = fresh.model.diffusion_model.llm2vae.weight
     assert fresh_weight.data_ptr() != model.model.diffusion_model.llm2vae.weight.data_ptr()
