@@ -1,6 +1,5 @@
 """Nodes for BAGEL inside ComfyUI's own sampling: images into a context, BAGEL's CFG guider, think into a
 conditioning. The model layer they drive is nodes/comfy_model/."""
-import math
 
 from bagel_model.generation.sampler import SamplerSettings
 
@@ -76,9 +75,7 @@ class BagelMoTGuider:
         return {"required": required, "optional": optional}
 
     def get_guider(self, model, positive, negative, without_images=None, **scales):
-        for name in GUIDER_SCALES[:5]:
-            if not math.isfinite(float(scales[name])):
-                raise ValueError(f"{name} must be a finite number, got {scales[name]!r}.")
+        # NaN/inf scales and a reversed interval are refused before this runs, by the input guard (input_guard.py).
         settings = SamplerSettings(
             cfg_text_scale=float(scales["cfg_text_scale"]), cfg_img_scale=float(scales["cfg_img_scale"]),
             cfg_interval=(float(scales["cfg_interval_start"]), float(scales["cfg_interval_end"])),
