@@ -107,8 +107,10 @@ def _open_frontend(browser, server):
     server.client.request("/settings/Comfy.TutorialCompleted", True)
     browser.get(server.url)
     browser.set_script_timeout(120)
-    # Node types are registered after the graph exists; wait for a core type to be registered.
-    ready = ("return !!(window.comfyAPI?.app?.app?.graph && window.comfyAPI.api.api.clientId"
+    # Node types are registered after the graph exists; wait for a core type to be registered, and for the canvas
+    # (queueing a prompt before it exists fails in the frontend with "getCanvas: canvas is null").
+    ready = ("return !!(window.comfyAPI?.app?.app?.graph && window.comfyAPI.app.app.canvas?.canvas"
+             " && window.comfyAPI.api.api.clientId"
              " && 'SaveImage' in (window.LiteGraph?.registered_node_types ?? {}))")
     _poll(browser, ready, 90, "the frontend did not finish loading")
 
